@@ -1,0 +1,320 @@
+"""Synthetic audio-visual saliency benchmark: "which of the moving objects is making the sound?".
+
+Every clip shows a few objects moving across a textured background. Each object
+*pulses* now and then (it swells and lights up for a fraction of a second). Exactly one
+object is the sounding source: each of its pulses coincides with a tone burst in the
+soundtrack. The distractors pulse just as often and move just as fast, but their pulses
+are kept out of sync with the bursts, so from the pictures alone every object looks
+equally likely to be the source; only the soundtrack tells them apart.
+
+The burst pitch follows the source's height in the frame (high pitch = high up, the
+pitch-elevation correspondence people also show), so audio alone narrows the source
+down to a horizontal band, the way a real soundtrack carries a little spatial prior.
+
+Ground truth for frame ``i`` mimics an eye-tracking density: most mass on the source
+(``SOURCE_MASS``), a centre bias (``CENTRE_MASS``) and a little on the moving distractors
+(``MOTION_MASS``), scaled so its maximum is 1 like an 8-bit ``eyeMap`` image. Fixations
+are ``n_observers`` points drawn from that density.
+
+Everything is a pure function of ``(seed, frame index)`` or ``(seed, sample range)``, so
+a clip can be rendered lazily, in any order, as long as needed (a live source), and two
+processes agree on every pixel. Splits use disjoint seed ranges (:data:`SPLIT_SEEDS`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Disjoint seed ranges per split: clip k of split s has seed SPLIT_SEEDS[s] + k.
+SPLIT_SEEDS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+SPLIT_SPAN = 1_000_000
+
+SOURCE_MASS = 0.70
+CENTRE_MASS = 0.15
+MOTION_MASS = 0.15
+
+# Burst pitch range: the bottom of the frame sounds at F_LOW, the top at F_HIGH (log scale).
+F_LOW, F_HIGH = 250.0, 2000.0
+
+_PULSE_ATTACK = 0.03   # s, rise of a pulse envelope
+_PULSE_DECAY = 0.16    # s, exponential decay constant of a pulse
+_PULSE_SPAN = 0.45     # s, after this a pulse has faded (< 1 %)
+
+
+def split_seed(split: str, index: int) -> int:
+    """Seed of clip ``index`` of ``split`` (``train``/``val``/``test``)."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_SEEDS)}")
+    if not 0 <= index < SPLIT_SPAN:
+        raise ValueError(f"clip index must be in 0…{SPLIT_SPAN - 1}, got {index}")
+    return SPLIT_SEEDS[split] + index
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str                 # "disc" | "square" | "diamond"
+    color: tuple[int, int, int]
+    radius: float              # px, at rest
+    start: tuple[float, float]  # px, (x, y) at t = 0 inside the unfolded bounce domain
+    velocity: tuple[float, float]  # px/s
+    onsets: np.ndarray         # s, pulse onset times
+    sounding: bool
+
+
+def _envelope(t: np.ndarray, onsets: np.ndarray) -> np.ndarray:
+    """Sum of pulse envelopes (fast linear attack, exponential decay) at times ``t``."""
+    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    env = np.zeros_like(t)
+    if len(onsets) == 0:
+        return env
+    # Only onsets within the pulse span before each t matter: look them up by bisection.
+    lo = np.searchsorted(onsets, t - _PULSE_SPAN, side="left")
+    hi = np.searchsorted(onsets, t, side="right")
+    for k in range(int((hi - lo).max(initial=0))):
+        idx = lo + k
+        valid = idx < hi
+        dt = t[valid] - onsets[idx[valid]]
+        env[valid] += np.where(dt < _PULSE_ATTACK, dt / _PULSE_ATTACK, np.exp(-(dt - _PULSE_ATTACK) / _PULSE_DECAY))
+    return np.minimum(env, 1.0)
+
+
+def _bounce(p0: float, v: float, t: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
+    """Position of a point moving at constant speed between walls ``lo`` and ``hi`` (elastic)."""
+    span = hi - lo
+    u = np.mod(p0 - lo + v * np.asarray(t, dtype=np.float64), 2 * span)
+    return lo + np.where(u > span, 2 * span - u, u)
+
+
+class SyntheticClip:
+    """One deterministic synthetic clip (see the module docstring).
+
+    ``frame(i)`` (H, W, 3) uint8 RGB; ``audio()`` the whole soundtrack, float32 mono in
+    [-1, 1]; ``audio_between(t0, t1)`` any time span (zeros outside the clip);
+    ``density(i)`` (H, W) float32 with max 1; ``fixations(i)`` (H, W) bool.
+    Frame ``i`` is shown at time ``i / fps``.
+    """
+
+    def __init__(self, seed: int, width: int = 384, height: int = 224, fps: float = 30.0,
+                 sample_rate: int = 16000, n_frames: int = 150, n_objects: int = 3,
+                 n_observers: int = 16):
+        if width < 64 or height < 48:
+            raise ValueError(f"clip size {width}x{height} is too small; use at least 64x48")
+        if n_objects < 2:
+            raise ValueError(f"n_objects must be ≥ 2 (one source and at least one distractor), got {n_objects}")
+        if fps <= 0 or sample_rate <= 0 or n_frames <= 0:
+            raise ValueError("fps, sample_rate and n_frames must be positive")
+        self.seed = int(seed)
+        self.width, self.height = int(width), int(height)
+        self.fps, self.sample_rate, self.n_frames = float(fps), int(sample_rate), int(n_frames)
+        self.n_observers = int(n_observers)
+        self.duration = self.n_frames / self.fps
+        rng = np.random.default_rng([self.seed, 0])
+        self._background = self._make_background(rng)
+        self.objects = self._make_objects(rng, n_objects)
+        self.source_index = next(k for k, o in enumerate(self.objects) if o.sounding)
+        # Pixel grid, shared by all renders.
+        self._yy, self._xx = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
+        cx, cy, sx, sy = self.width / 2, self.height / 2, self.width / 4, self.height / 4
+        centre = np.exp(-0.5 * (((self._xx - cx) / sx) ** 2 + ((self._yy - cy) / sy) ** 2))
+        self._centre = (centre / centre.sum()).astype(np.float32)
+
+    # ------------------------------------------------------------------ scene set-up
+    def _make_background(self, rng: np.random.Generator) -> np.ndarray:
+        # Low-frequency colour field plus fine static texture: real-ish, but never pulsing.
+        h, w = self.height, self.width
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        base = rng.uniform(60, 150, size=3)
+        img = np.empty((h, w, 3), np.float32)
+        for c in range(3):
+            field = np.zeros((h, w))
+            for _ in range(4):
+                fx, fy = rng.uniform(0.5, 3.0, size=2)
+                ph = rng.uniform(0, 2 * np.pi)
+                field += np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+            img[..., c] = base[c] + 12.0 * field
+        img += rng.normal(0.0, 6.0, size=(h, w, 1))
+        return img
+
+    def _make_objects(self, rng: np.random.Generator, n: int) -> list[SceneObject]:
+        shapes = ("disc", "square", "diamond")
+        hues = rng.permutation(12)[:n] / 12.0
+        source = int(rng.integers(n))
+        scale = min(self.width / 384, self.height / 224)
+        # One event train per object, then push distractor onsets away from the source's.
+        trains = [self._onsets(rng) for _ in range(n)]
+        src_on = trains[source]
+        objs = []
+        for k in range(n):
+            r = float(rng.uniform(15, 24)) * scale
+            speed = float(rng.uniform(50, 90)) * scale
+            ang = float(rng.uniform(0, 2 * np.pi))
+            onsets = trains[k] if k == source else self._desync(trains[k], src_on)
+            objs.append(SceneObject(
+                shape=shapes[int(rng.integers(len(shapes)))],
+                color=_hsv_to_rgb(float(hues[k]), 0.75, 0.85),
+                radius=r,
+                start=(float(rng.uniform(0, self.width)), float(rng.uniform(0, self.height))),
+                velocity=(speed * math.cos(ang), speed * math.sin(ang)),
+                onsets=onsets,
+                sounding=(k == source),
+            ))
+        return objs
+
+    def _onsets(self, rng: np.random.Generator) -> np.ndarray:
+        # Irregular rhythm (gaps 0.30–0.75 s) so two objects never stay in step by chance.
+        t = float(rng.uniform(0.0, 0.4))
+        out = []
+        while t < self.duration + 1.0:
+            out.append(t)
+            t += float(rng.uniform(0.30, 0.75))
+        return np.asarray(out)
+
+    @staticmethod
+    def _desync(onsets: np.ndarray, source: np.ndarray, min_gap: float = 0.12) -> np.ndarray:
+        """Move distractor pulses that fall within ``min_gap`` of a source onset out of sync.
+
+        Pulses are moved, never dropped, so distractors pulse exactly as often as their
+        own rhythm says and the pulse count cannot give the source away.
+        """
+        out = []
+        for o in onsets:
+            j = int(np.searchsorted(source, o))
+            prev = source[j - 1] if j > 0 else -np.inf
+            nxt = source[j] if j < len(source) else np.inf
+            if o - prev >= min_gap and nxt - o >= min_gap:
+                out.append(o)
+            elif nxt - prev >= 3 * min_gap:
+                # Room between the two source pulses: shift to the nearer admissible edge.
+                out.append(max(prev + min_gap, min(o, nxt - min_gap)) if o - prev < min_gap
+                           else min(nxt - min_gap, max(o, prev + min_gap)))
+            else:
+                out.append((prev + nxt) / 2)
+        return np.sort(np.asarray(out))
+
+    # ------------------------------------------------------------------ state at a time
+    def object_state(self, k: int, t: float) -> tuple[float, float, float, float]:
+        """(x, y, radius, pulse) of object ``k`` at time ``t`` s; pulse in [0, 1]."""
+        o = self.objects[k]
+        margin = o.radius * 1.4
+        x = float(_bounce(o.start[0], o.velocity[0], t, margin, self.width - margin))
+        y = float(_bounce(o.start[1], o.velocity[1], t, margin, self.height - margin))
+        pulse = float(_envelope(np.array([t]), o.onsets)[0])
+        return x, y, o.radius * (1.0 + 0.35 * pulse), pulse
+
+    def _check_frame(self, i: int) -> int:
+        if not 0 <= int(i) < self.n_frames:
+            raise IndexError(f"frame {i} is outside the clip (0…{self.n_frames - 1})")
+        return int(i)
+
+    # ------------------------------------------------------------------ video
+    def frame(self, i: int) -> np.ndarray:
+        i = self._check_frame(i)
+        t = i / self.fps
+        img = self._background.copy()
+        for k, o in enumerate(self.objects):
+            x, y, r, pulse = self.object_state(k, t)
+            x0, x1 = max(0, int(x - r - 2)), min(self.width, int(x + r + 3))
+            y0, y1 = max(0, int(y - r - 2)), min(self.height, int(y + r + 3))
+            dx = self._xx[y0:y1, x0:x1] - x
+            dy = self._yy[y0:y1, x0:x1] - y
+            if o.shape == "disc":
+                d = np.sqrt(dx * dx + dy * dy)
+            elif o.shape == "square":
+                d = np.maximum(np.abs(dx), np.abs(dy)) * 1.1
+            else:
+                d = (np.abs(dx) + np.abs(dy)) * 0.8
+            cover = np.clip(r - d + 0.5, 0.0, 1.0)[..., None]  # 1-px anti-aliased edge
+            col = np.asarray(o.color, np.float32)
+            col = col + pulse * (255.0 - col) * 0.8  # lights up while pulsing
+            img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - cover) + col * cover
+        # Sensor noise, deterministic per frame.
+        noise = np.random.default_rng([self.seed, 1, i]).normal(0.0, 2.0, size=img.shape[:2])
+        img += noise[..., None].astype(np.float32)
+        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ audio
+    def pitch_at(self, t: float) -> float:
+        """Burst frequency (Hz) at time ``t``: log-linear in the source's height."""
+        _, y, _, _ = self.object_state(self.source_index, t)
+        up = 1.0 - y / self.height
+        return float(F_LOW * (F_HIGH / F_LOW) ** up)
+
+    def audio(self) -> np.ndarray:
+        return self.audio_between(0.0, self.duration)
+
+    def audio_between(self, t0: float, t1: float) -> np.ndarray:
+        """Samples ``round(t0·sr)`` … ``round(t1·sr) − 1``; silence outside the clip."""
+        sr = self.sample_rate
+        n0, n1 = int(round(t0 * sr)), int(round(t1 * sr))
+        if n1 < n0:
+            raise ValueError(f"audio_between: t1 ({t1}) is before t0 ({t0})")
+        out = np.zeros(n1 - n0, np.float32)
+        a, b = max(n0, 0), min(n1, int(round(self.duration * sr)))
+        if b <= a:
+            return out
+        t = np.arange(a, b, dtype=np.float64) / sr
+        src = self.objects[self.source_index]
+        env = _envelope(t, src.onsets)
+        # Each burst keeps the pitch of its onset (a note), so phase is continuous within it.
+        idx = np.searchsorted(src.onsets, t, side="right") - 1
+        sig = np.zeros_like(t)
+        has = idx >= 0
+        if has.any():
+            onset = src.onsets[np.clip(idx, 0, None)]
+            f = np.array([self.pitch_at(float(o)) for o in src.onsets])[np.clip(idx, 0, None)]
+            ph = 2 * np.pi * f * (t - onset)
+            tone = np.sin(ph) + 0.4 * np.sin(2 * ph) + 0.2 * np.sin(3 * ph)
+            sig = np.where(has, tone, 0.0) * env * 0.5
+        sig += self._hiss(a, b)
+        out[a - n0:b - n0] = np.clip(sig, -1.0, 1.0)
+        return out
+
+    def _hiss(self, a: int, b: int) -> np.ndarray:
+        # Quiet room noise in one-second blocks seeded by block index: any span is reproducible.
+        sr = self.sample_rate
+        blocks = range(a // sr, (b - 1) // sr + 1)
+        noise = np.concatenate([np.random.default_rng([self.seed, 2, k]).normal(0.0, 0.01, sr) for k in blocks])
+        start = a - blocks[0] * sr
+        return noise[start:start + (b - a)]
+
+    # ------------------------------------------------------------------ ground truth
+    def density(self, i: int) -> np.ndarray:
+        i = self._check_frame(i)
+        t = i / self.fps
+        dens = CENTRE_MASS * self._centre
+        n_dis = len(self.objects) - 1
+        for k, o in enumerate(self.objects):
+            x, y, r, _ = self.object_state(k, t)
+            sigma = 0.8 * r
+            g = np.exp(-0.5 * ((self._xx - x) ** 2 + (self._yy - y) ** 2) / sigma ** 2)
+            g /= g.sum()
+            dens = dens + (SOURCE_MASS if o.sounding else MOTION_MASS / n_dis) * g
+        return (dens / dens.max()).astype(np.float32)
+
+    def fixations(self, i: int) -> np.ndarray:
+        dens = self.density(i)
+        p = dens.ravel().astype(np.float64)
+        p /= p.sum()
+        rng = np.random.default_rng([self.seed, 3, int(i)])
+        picks = rng.choice(p.size, size=self.n_observers, p=p)
+        fix = np.zeros(p.size, bool)
+        fix[picks] = True
+        return fix.reshape(dens.shape)
+
+    def describe(self) -> dict:
+        return {"seed": self.seed, "size": [self.width, self.height], "fps": self.fps,
+                "sample_rate": self.sample_rate, "n_frames": self.n_frames,
+                "source_index": self.source_index,
+                "objects": [{"shape": o.shape, "color": list(o.color), "radius": o.radius,
+                             "sounding": o.sounding, "n_pulses": int(np.sum(o.onsets < self.duration))}
+                            for o in self.objects]}
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return int(r * 255), int(g * 255), int(b * 255)
