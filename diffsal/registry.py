@@ -22,9 +22,18 @@ def register_profile(name: str, default_config: Callable[[], ModelConfig]):
     return deco
 
 
+BUILTIN_PROFILE_MODULES = ("diffsal.models.full", "diffsal.models.lite")
+
+
 def _load_builtin_profiles() -> None:
     # Importing the modules registers them; kept lazy so `diffsal.config` stays light.
-    from .models import full, lite  # noqa: F401
+    import importlib
+    for name in BUILTIN_PROFILE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not an absent profile module
+                raise
 
 
 def available_profiles() -> list[str]:
