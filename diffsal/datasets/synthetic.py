@@ -318,3 +318,79 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
     r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+# ---------------------------------------------------------------------- on-disk writer
+DATASET_NAME = "Synthetic"
+GENERATOR_VERSION = 1  # bump when the rendering changes, so stale caches are rebuilt
+
+
+def clip_name(split: str, index: int) -> str:
+    return f"{split}_{index:04d}"
+
+
+def write_clip(root, clip: "SyntheticClip", name: str, dataset: str = DATASET_NAME) -> None:
+    """Write one clip in the STAViS audio-visual layout (see :mod:`diffsal.datasets.layout`)."""
+    from pathlib import Path
+
+    from PIL import Image
+    from scipy.io import savemat
+
+    from .layout import write_wav
+
+    root = Path(root)
+    fdir = root / "video_frames" / dataset / name
+    mdir = root / "annotations" / dataset / name / "maps"
+    adir = root / "annotations" / dataset / name
+    fdir.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    for i in range(clip.n_frames):
+        Image.fromarray(clip.frame(i)).save(fdir / f"img_{i + 1:05d}.jpg", quality=92)
+        dens = np.clip(clip.density(i) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        Image.fromarray(dens).save(mdir / f"eyeMap_{i + 1:05d}.jpg", quality=95)
+        savemat(str(adir / f"fixMap_{i + 1:05d}.mat"), {"eyeMap": clip.fixations(i).astype(np.uint8)},
+                do_compression=True)
+    write_wav(root / "video_audio" / dataset / name / f"{name}.wav", clip.audio(), clip.sample_rate)
+
+
+def write_synthetic(root, splits: dict[str, int], n_frames: int = 150, width: int = 384,
+                    height: int = 224, fps: float = 30.0, sample_rate: int = 16000,
+                    progress: bool = False) -> "Path":
+    """Write the synthetic benchmark under ``root`` and return ``root``.
+
+    ``splits`` maps split name (``train``/``val``/``test``) to a number of clips; clip k
+    of a split is ``SyntheticClip(split_seed(split, k))``. A ``synthetic.json`` manifest
+    records the parameters; calling again with the same parameters reuses what exists.
+    """
+    import json
+    from pathlib import Path
+
+    from .layout import VideoEntry, split_file, write_split_file
+
+    root = Path(root)
+    params = {"version": GENERATOR_VERSION, "n_frames": n_frames, "width": width, "height": height,
+              "fps": fps, "sample_rate": sample_rate}
+    manifest = root / "synthetic.json"
+    done: dict = {}
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("params") == params:
+            done = old.get("splits", {})
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count in splits.items():
+        split_seed(split, 0)  # validates the split name
+        entries = [VideoEntry(clip_name(split, k), n_frames, fps) for k in range(count)]
+        have = int(done.get(split, 0))
+        todo = range(have, count)
+        it = todo
+        if progress and len(todo):
+            from tqdm import tqdm
+            it = tqdm(todo, desc=f"synthetic {split}", unit="clip")
+        for k in it:
+            clip = SyntheticClip(split_seed(split, k), width=width, height=height, fps=fps,
+                                 sample_rate=sample_rate, n_frames=n_frames)
+            write_clip(root, clip, clip_name(split, k))
+        write_split_file(split_file(root, DATASET_NAME, split, 1), entries)
+        done[split] = max(have, count)
+        manifest.write_text(json.dumps({"params": params, "splits": done}, indent=1))
+    return root
