@@ -47,11 +47,18 @@ def _redact(url: str) -> str:
 
 
 class PyAVSource(Source):
-    """A media file or a network stream read through PyAV (FFmpeg)."""
+    """A media file or a network stream read through PyAV (FFmpeg).
+
+    ``open_timeout``/``read_timeout`` (s) bound how long opening and each read may block.
+    Live URLs reconnect up to ``reconnect_attempts`` times, waiting ``reconnect_delay``
+    doubling up to ``reconnect_max_delay`` between attempts (≈30 s of outage by default).
+    ``live`` overrides the automatic choice (RTSP, or HTTP without a known duration).
+    """
 
     def __init__(self, url: str | Path, *, stream_id: str = "0", paced: bool = True, audio_rate: int = 16000,
-                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int = 30,
-                 reconnect_delay: float = 0.1, reconnect_max_delay: float = 0.5, live: bool | None = None):
+                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int = 120,
+                 reconnect_delay: float = 0.1, reconnect_max_delay: float = 0.25, live: bool | None = None,
+                 probe_seconds: float = 0.5):
         self.url = str(url)
         self.scheme = urlsplit(self.url).scheme.lower() if "://" in self.url else ""
         self.network = self.scheme in NETWORK_SCHEMES
@@ -60,6 +67,7 @@ class PyAVSource(Source):
         self.reconnect_attempts = int(reconnect_attempts)
         self.reconnect_delay = float(reconnect_delay)
         self.reconnect_max_delay = float(reconnect_max_delay)
+        self.probe_seconds = float(probe_seconds)
         self.reconnects = 0  # successful reconnections so far
         container = self._open()
         video = container.streams.video[0] if container.streams.video else None
@@ -81,12 +89,16 @@ class PyAVSource(Source):
         self._last_pts: float | None = None
         self._frame_index = 0     # frames emitted (VideoFrame.index)
         self._decoded_video = 0   # frames decoded (paced files emit them a little later)
+        self._last_capture: float | None = None  # capture_time of the last frame emitted
 
     # ------------------------------------------------------------------ opening
     def _options(self) -> dict[str, str]:
         if self.scheme in ("rtsp", "rtsps"):
             # TCP interleaving survives NAT/firewalls and loses no packets; timeout is in µs.
-            return {"rtsp_transport": "tcp", "timeout": str(int(self.read_timeout * 1e6))}
+            # A short probe: FFmpeg's default analysis (5 s budget) makes opening, and so every
+            # reconnect, take ~1.5 s; 0.5 s still finds the codecs and the frame rate.
+            return {"rtsp_transport": "tcp", "timeout": str(int(self.read_timeout * 1e6)),
+                    "analyzeduration": str(int(self.probe_seconds * 1e6)), "probesize": "262144"}
         if self.network:
             return {"rw_timeout": str(int(self.read_timeout * 1e6))}
         return {}
@@ -140,7 +152,6 @@ class PyAVSource(Source):
                 return
             # A live stream that stops is a disconnect: report it, then reconnect.
             log.warning("%s: disconnected (%s); reconnecting", self.description, reason)
-            lost_at = time.monotonic()
             yield self.event("gap", self._last_pts, from_pts=self._last_pts, reason=reason)
             container = self._reconnect()
             if container is None:
@@ -151,9 +162,10 @@ class PyAVSource(Source):
                 return
             self._container = container
             self.reconnects += 1
-            # The new session's clock restarts; continue ours from where the outage ended.
+            # The new session's clock restarts; continue ours by the wall time since the last frame.
             last = self._last_pts if self._last_pts is not None else 0.0
-            offset = last + max(1.0 / self.fps, time.monotonic() - lost_at)
+            since = time.monotonic() - (self._last_capture if self._last_capture is not None else time.monotonic())
+            offset = last + max(1.0 / self.fps, since)
             self.audio_clock.restart()
 
     def _reconnect(self) -> av.container.InputContainer | None:
@@ -214,11 +226,9 @@ class PyAVSource(Source):
 
     def _video_unit(self, frame: av.VideoFrame, t: float | None, origin: float | None,
                     offset: float, session_index: int) -> tuple[float, object]:
-        if origin is None:
+        if t is None or origin is None:
             # RTSP's first frames may carry no timestamp: place them by the frame rate.
-            pts = offset + session_index / self.fps
-        elif t is None:
-            pts = self._last_pts + 1.0 / self.fps if self._last_pts is not None else offset
+            pts = offset + session_index / self.fps if session_index == 0 else self._last_pts + 1.0 / self.fps
         else:
             pts = t - origin + offset
         if self._last_pts is not None and pts <= self._last_pts:
@@ -232,6 +242,7 @@ class PyAVSource(Source):
             unit = VideoFrame(image=data, pts=pts, capture_time=capture_time, index=self._frame_index,
                               stream_id=self.stream_id)
             self._frame_index += 1
+            self._last_capture = capture_time
             return unit
         return self.audio_clock.chunk(data, pts, capture_time)
 
