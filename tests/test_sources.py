@@ -13,7 +13,7 @@ import pytest
 
 from diffsal.datasets.synthetic import SyntheticClip
 from diffsal.errors import SalstreamError
-from streamer.media import AudioChunk, StreamEvent, VideoFrame
+from streamer.media import AudioChunk, VideoFrame
 from streamer.sources import default_demo_source, open_source
 from streamer.sources.base import AudioClock, Pacer, Source
 from streamer.sources.webcam import WebcamSource

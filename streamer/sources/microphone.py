@@ -3,9 +3,10 @@
 PyAudio is optional (extra ``audio``). Without it, or without the requested device, one
 clear warning is logged and the source goes on without the microphone, never a traceback.
 
-Timing: the first microphone block is placed on the video's media clock by wall time
-(a frame with PTS ``p`` was captured at ``capture_time``, so media time 0 is
-``capture_time - p``); later blocks continue the sample count, so the audio never jitters.
+Timing: capture starts when the first video frame arrives, and its first sample is placed
+on the video's media clock by wall time (a frame with PTS ``p`` was captured at
+``capture_time``, so media time 0 is ``capture_time - p``); later blocks continue the
+sample count, so the audio never jitters.
 If the device lost samples (an overrun while the machine was busy) and the count falls
 more than ``resync_seconds`` behind the wall clock, the gap is filled with silence.
 """
@@ -276,8 +277,13 @@ class MicrophoneSource(Source):
                     # Start the microphone on the video's clock: its first sample is then at or
                     # after media time 0, placed by wall time; later samples are counted.
                     origin = item.capture_time - item.pts
-                    self.mic.start()
-                    self._start_thread(self._pump_mic, "mic")
+                    try:
+                        self.mic.start()
+                        self._start_thread(self._pump_mic, "mic")
+                    except OSError as exc:  # the device vanished between opening and starting
+                        reason = f"microphone {self.mic.name!r} did not start: {exc}"
+                        log.warning("%s; continuing video-only", reason)
+                        yield self.event("audio_lost", None, reason=reason)
                 yield item
             # An AudioChunk from the inner source: replaced by the microphone, dropped.
 
