@@ -160,6 +160,49 @@ def test_http_source_reads_video_and_audio(av_clip):
     assert [e.kind for e in events] == ["end"]
 
 
+def test_http_live_stream_reconnects_when_the_server_hangs_up(tmp_path):
+    # MPEG-TS sent progressively without a length: a live HTTP stream. Each connection
+    # serves one second and then closes, which the source must treat as a disconnect.
+    clip = write_test_clip(tmp_path / "live.ts", seconds=1.0, container_format="mpegts")
+    data = clip.path.read_bytes()
+
+    class Live(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            for i in range(0, len(data), 18800):
+                self.wfile.write(data[i:i + 18800])
+                self.wfile.flush()
+                time.sleep(0.02)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Live)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = open_source(f"http://127.0.0.1:{server.server_address[1]}/live.ts", reconnect_attempts=3)
+        assert src.live and src.has_audio
+        frames, events = [], []
+        for unit in src:
+            if isinstance(unit, VideoFrame):
+                frames.append(unit)
+                if len(frames) == 2 * clip.n_frames:
+                    src.close()
+            elif not isinstance(unit, AudioChunk):
+                events.append(unit)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert events[0].kind == "gap" and events[-1].kind == "end"
+    assert src.reconnects >= 1
+    assert len(frames) == 2 * clip.n_frames
+    assert np.all(np.diff([f.pts for f in frames]) > 0), "the media clock continues across reconnects"
+
+
 def test_bundled_demo_clip_is_real_av_media():
     path = Path(default_demo_source())
     assert path.is_file() and path.stat().st_size < 5_000_000
