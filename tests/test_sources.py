@@ -121,6 +121,15 @@ def test_pacing_on_follows_media_time_and_off_is_fast(av_clip):
     assert all(b >= a - 1e-6 for a, b in zip(starts, starts[1:]))
 
 
+def test_pacing_is_not_held_back_by_a_soundtrack_that_stops_early(tmp_path):
+    clip = write_test_clip(tmp_path / "short_audio.mp4", seconds=2.0, audio_seconds=0.4)
+    frames, chunks, _, _ = collect(open_source(str(clip.path), paced=True))
+    assert len(frames) == clip.n_frames
+    assert 0.3 < (chunks[-1].sample_index + len(chunks[-1].samples)) / 16000 < 0.6
+    lag = np.array([f.capture_time - frames[0].capture_time - (f.pts - frames[0].pts) for f in frames])
+    assert np.median(np.abs(lag)) < 0.05 and np.percentile(np.abs(lag), 95) < 0.15
+
+
 def test_close_from_another_thread_ends_iteration_promptly(av_clip):
     src = open_source(str(av_clip.path), paced=True)
     closed_at: list[float] = []

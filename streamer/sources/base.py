@@ -114,13 +114,17 @@ class Pacer:
         self._source = source
         self._max_lag = max_lag
         self._anchor: tuple[float, float] | None = None  # (wall, pts)
+        self._newest = -float("inf")                     # largest PTS released so far
 
     def release_at(self, pts: float) -> bool:
         """Wait until ``pts`` is due; True when the source was closed while waiting."""
         now = time.monotonic()
         if self._anchor is None:
-            self._anchor = (now, pts)
+            self._anchor, self._newest = (now, pts), pts
             return self._source.closed
+        if pts < self._newest:
+            return self._source.closed  # a straggler (e.g. a flushed audio tail): never re-anchor on it
+        self._newest = pts
         wall0, pts0 = self._anchor
         due = wall0 + (pts - pts0)
         if now - due > self._max_lag:

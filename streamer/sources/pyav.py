@@ -262,10 +262,13 @@ class PyAVSource(Source):
         queue: list[tuple[float, int, tuple]] = []
         seq = itertools.count()
         newest = {"video": -math.inf, "audio": -math.inf if self.has_audio else math.inf}
-        cap = max(32, int(self.fps * 5))  # badly interleaved files: never buffer more than ~5 s of units
+        # A track that lags the other by more than `slack` of media time (it ended early, or the
+        # file is badly interleaved) must not hold the other back: memory stays bounded.
+        slack, cap = 1.0, 512
 
         def due() -> Iterator[Unit]:
-            while queue and (queue[0][0] <= min(newest.values()) or len(queue) > cap):
+            while queue and (queue[0][0] <= min(newest.values()) or queue[0][0] <= max(newest.values()) - slack
+                             or len(queue) > cap):
                 pts, _, payload = heapq.heappop(queue)
                 if pacer.release_at(pts):
                     return

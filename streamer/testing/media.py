@@ -69,8 +69,12 @@ def tone_bursts(truth: ClipTruth, rate: int) -> np.ndarray:
 def write_test_clip(path: str | Path, *, seconds: float = 2.0, fps: int = 30, size: tuple[int, int] = (160, 120),
                     audio_rate: int | None = 48000, flash_frames: tuple[int, ...] | None = None,
                     burst_seconds: float = 0.08, tone_hz: float = 1000.0, video_codec: str = "libx264",
-                    audio_codec: str = "aac", container_format: str | None = None) -> ClipTruth:
-    """Write an H.264 (+ AAC unless ``audio_rate`` is None) clip and return what is in it."""
+                    audio_codec: str = "aac", container_format: str | None = None,
+                    audio_seconds: float | None = None) -> ClipTruth:
+    """Write an H.264 (+ AAC unless ``audio_rate`` is None) clip and return what is in it.
+
+    ``audio_seconds`` shorter than ``seconds`` makes the soundtrack stop early.
+    """
     path = Path(path)
     n_frames = int(round(seconds * fps))
     if flash_frames is None:
@@ -90,6 +94,8 @@ def write_test_clip(path: str | Path, *, seconds: float = 2.0, fps: int = 30, si
     if audio_rate is not None:
         astream = out.add_stream(audio_codec, rate=audio_rate, layout="mono")
         samples = tone_bursts(truth, audio_rate)
+        if audio_seconds is not None:
+            samples = samples[: int(round(audio_seconds * audio_rate))]
     flashes = set(truth.flash_frames)
     tb = Fraction(1, fps)
     for i in range(n_frames):
