@@ -102,13 +102,22 @@ class Publisher:
             self.send_dropped += 1
             return False
 
-    def publish_map(self, header: dict, saliency: np.ndarray) -> dict:
+    def send_parts(self, parts: list[bytes]) -> bool:
+        """Send an already encoded multipart message on this socket (other topics, e.g. ``roi/``).
+
+        Never blocks; returns False (and counts it in ``send_dropped``) when ZeroMQ refuses.
+        """
+        with self._lock:
+            return self._send(parts)
+
+    def publish_map(self, header: dict, saliency: np.ndarray, started: Optional[float] = None) -> dict:
         """Send one map; fills ``seq``, ``publish_time``, ``publish_wall``, ``send_dropped``, ``dtype``.
 
-        ``header["latency_ms"]["publish"]`` is set to the time spent here before the send
-        (serialisation included). Returns the header that went out.
+        ``header["latency_ms"]["publish"]`` is the time from ``started`` (monotonic; default:
+        now — pass the end of the previous stage so the frame preview counts too) to the
+        send, serialisation included. Returns the header that went out.
         """
-        t0 = time.monotonic()
+        t0 = time.monotonic() if started is None else started
         payload = wire.encode_map_payload(saliency, self.payload_dtype)
         with self._lock:
             stream = header["stream"]

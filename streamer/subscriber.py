@@ -65,6 +65,8 @@ class Subscriber:
                 if not self._sock.poll(int(remaining * 1000)):
                     return None
             parts = self._sock.recv_multipart(copy=True)
+            if parts and wire.is_side_channel(parts[0]) and not parts[0].startswith(wire.FRAME_TOPIC_PREFIX.encode()):
+                continue                    # another channel on the same socket (e.g. roi/<stream>)
             try:
                 msg = wire.decode(parts)
             except WireError as exc:

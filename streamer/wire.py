@@ -5,9 +5,12 @@ Every message is three ZeroMQ frames (one multipart message)::
     [topic, header, payload]
 
 ``topic``
-    UTF-8. A map's topic is its stream id exactly (``b"0"``); the optional frame
-    preview of the same stream is ``b"frame/<stream id>"``. ZeroMQ subscriptions
-    match by prefix, so a subscriber compares the topic exactly after receiving.
+    UTF-8. A map's topic is its stream id exactly (``b"0"``); stream ids never
+    contain ``/``, which is reserved for side channels of a stream on the same socket:
+    ``b"frame/<stream id>"`` (frame previews, below) and e.g. ``b"roi/<stream id>"``
+    (encoder regions, :mod:`streamer.roi`). Clients skip side channels they do not
+    know. ZeroMQ subscriptions match by prefix, so a subscriber compares the topic
+    exactly after receiving.
 ``header``
     UTF-8 JSON object (at most :data:`MAX_HEADER_BYTES`), see :func:`map_header`.
 ``payload``
@@ -58,10 +61,15 @@ def frame_topic(stream_id: str) -> bytes:
 
 
 def check_stream_id(stream_id: str) -> str:
-    if not stream_id or stream_id.startswith(FRAME_TOPIC_PREFIX) or len(stream_id.encode()) > 255:
-        raise SalstreamError(f"stream id {stream_id!r}: must be 1–255 bytes and not start with "
-                             f"{FRAME_TOPIC_PREFIX!r}; pick a short name such as 'cam0'")
+    if not stream_id or "/" in stream_id or len(stream_id.encode()) > 255:
+        raise SalstreamError(f"stream id {stream_id!r}: must be 1–255 bytes without '/' (reserved for "
+                             "side channels such as frame/<id>); pick a short name such as 'cam0'")
     return stream_id
+
+
+def is_side_channel(topic: bytes) -> bool:
+    """True for ``<channel>/<stream>`` topics (frame previews, ROI messages, …)."""
+    return b"/" in topic
 
 
 def encode_map_payload(saliency: np.ndarray, dtype: str) -> bytes:

@@ -77,7 +77,7 @@ def test_decode_rejects_malformed(mutate, needle):
 
 def test_stream_id_rules():
     assert wire.check_stream_id("cam0") == "cam0"
-    for bad in ("", "frame/x", "x" * 300):
+    for bad in ("", "frame/x", "a/b", "x" * 300):
         with pytest.raises(SalstreamError):
             wire.check_stream_id(bad)
 
@@ -106,6 +106,29 @@ def test_publish_subscribe_maps_and_frames_over_loopback():
     dec = frames[0].image()
     assert dec.shape == img.shape
     assert np.abs(dec.astype(int) - img.astype(int)).mean() < 6  # JPEG: lossy, but the same picture
+
+
+def test_send_parts_shares_the_socket_for_other_topics():
+    pub, sub = _connected_pair()
+    with pub, sub:
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.SUB)
+        raw.setsockopt(zmq.SUBSCRIBE, b"roi/")
+        raw.connect(pub.endpoint)
+        deadline = time.monotonic() + 5
+        got = None
+        while got is None and time.monotonic() < deadline:
+            assert pub.send_parts([b"roi/0", b"{}", b"x"])
+            if raw.poll(50):
+                got = raw.recv_multipart()
+        raw.close(0)
+        pub.publish_map(_header(frame_index=7), np.zeros((2, 2), np.float32))
+        msgs = []
+        while (m := sub.recv(timeout=0.5)) is not None:
+            msgs.append(m)
+    assert got == [b"roi/0", b"{}", b"x"]
+    # the map client skips side channels it does not know, without calling them malformed
+    assert [m.frame_index for m in msgs] == [7] and sub.bad_messages == 0
 
 
 def test_subscriber_filters_streams_exactly():
