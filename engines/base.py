@@ -6,10 +6,14 @@ from typing import Callable, Optional
 import torch
 
 from diffsal.config import ModelConfig
+from diffsal.errors import SalstreamError
 
 
-class EngineUnavailable(RuntimeError):
-    """The engine's runtime or device is missing; the message names what to install."""
+class EngineUnavailable(SalstreamError, RuntimeError):
+    """The engine's runtime or device is missing; the message names what to install.
+
+    A :class:`SalstreamError` so the command line prints it as one line, not a traceback.
+    """
 
 
 class Engine:
@@ -51,6 +55,8 @@ def _load_builtin_engines() -> None:
         from . import onnxruntime_engine  # noqa: F401
     except ImportError:
         pass
+    # GPU engines import their runtimes lazily, so registering them is always safe.
+    from . import tensorrt_engine, torch_cuda_engine  # noqa: F401
 
 
 def available_engines() -> list[str]:

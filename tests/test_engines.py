@@ -1,0 +1,154 @@
+"""Engines on CPU: ONNX Runtime equals PyTorch, identity checks, cache, and clear errors for absent GPUs."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import tiny_model  # noqa: E402
+
+from diffsal.config import MODES  # noqa: E402
+from diffsal.errors import SalstreamError  # noqa: E402
+from diffsal.inference import predict_window  # noqa: E402
+from engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
+from engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
+from export.graphs import example_noise, example_window  # noqa: E402
+from export.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from export.onnx_export import export_onnx  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    out = {}
+    for per_frame in (True, False):
+        model = tiny_model(per_frame)
+        d = tmp_path_factory.mktemp("tiny")
+        export_onnx(model, d)
+        out[per_frame] = (model, d)
+    return out
+
+
+def test_all_engines_are_registered():
+    assert {"torch", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch-cuda"} <= set(available_engines())
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+@pytest.mark.parametrize("per_frame", [True, False])
+def test_ort_cpu_equals_torch_end_to_end(tiny_exports, per_frame, io_binding):
+    model, d = tiny_exports[per_frame]
+    engine = create_engine("ort-cpu", model=model, artifacts=d, io_binding=io_binding)
+    video, audio = example_window(model.config, batch=2, seed=11)
+    noise = example_noise(model.config, batch=2, seed=12)
+    maps = {}
+    for mode in MODES:
+        ref = predict_window(model, video, audio, mode, steps=4, noise=noise)
+        out = predict_window(engine, video, audio, mode, steps=4, noise=noise)
+        assert out.shape == ref.shape == (2, 1, *model.config.map_size)
+        assert (out - ref).abs().max().item() <= 1e-5, mode
+        maps[mode] = out
+    # the modes really run different graphs
+    assert (maps["av"] - maps["video"]).abs().max() > 1e-3
+    assert (maps["av"] - maps["audio"]).abs().max() > 1e-3
+
+
+def test_ort_session_settings_are_explicit():
+    so = session_options(threads=2)
+    assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert session_options().intra_op_num_threads == physical_cores() >= 1
+
+
+def test_engine_refuses_graphs_of_other_weights_or_profile(tiny_exports):
+    model, d = tiny_exports[True]
+    other = tiny_model(True, seed=5)
+    with pytest.raises(SalstreamError, match="other weights"):
+        create_engine("ort-cpu", model=other, artifacts=d)
+    with pytest.raises(SalstreamError, match="profile 'tiny', expected 'lite'"):
+        create_engine("ort-cpu", model=model, artifacts=d, profile="lite")
+
+
+def test_engine_refuses_a_modified_graph(tiny_exports, tmp_path):
+    model, d = tiny_exports[True]
+    import shutil
+    shutil.copytree(d, tmp_path / "g")
+    with open(tmp_path / "g" / "denoise.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SalstreamError, match="denoise.onnx does not match its checksum"):
+        create_engine("ort-cpu", model=model, artifacts=tmp_path / "g")
+    (tmp_path / "g" / "denoise.onnx").unlink()
+    with pytest.raises(SalstreamError, match="denoise.onnx is missing"):
+        create_engine("ort-cpu", model=model, artifacts=tmp_path / "g")
+
+
+def test_wrong_input_shape_names_the_input(tiny_exports):
+    model, d = tiny_exports[True]
+    engine = create_engine("ort-cpu", model=model, artifacts=d)
+    with pytest.raises(SalstreamError, match="input 'video' has shape"):
+        engine.encode_video(torch.randn(1, 3, 40, 40))
+
+
+def test_missing_mode_graph_is_a_clear_error(tmp_path):
+    model = tiny_model(True)
+    export_onnx(model, tmp_path, modes=["video"])
+    engine = OrtEngine(tmp_path)
+    video, audio = example_window(model.config, 1)
+    with pytest.raises(SalstreamError, match="encode_audio"):
+        predict_window(engine, video, audio, "av")
+
+
+def test_export_on_the_fly_is_cached(tmp_path):
+    model = tiny_model(True)
+    e1 = create_engine("ort-cpu", model=model, cache_root=tmp_path)
+    entries = [p for p in tmp_path.iterdir()]
+    assert len(entries) == 1 and (entries[0] / MANIFEST_NAME).is_file()
+    stamp = (entries[0] / MANIFEST_NAME).stat().st_mtime_ns
+    e2 = create_engine("ort-cpu", model=model, cache_root=tmp_path)
+    assert e2.artifacts == e1.artifacts and (entries[0] / MANIFEST_NAME).stat().st_mtime_ns == stamp
+    video, audio = example_window(model.config, 1)
+    noise = example_noise(model.config, 1)
+    ref = predict_window(model, video, audio, "av", noise=noise)
+    assert (predict_window(e2, video, audio, "av", noise=noise) - ref).abs().max() <= 1e-5
+    # another model gets its own entry, never the cached graphs of the first
+    e3 = create_engine("ort-cpu", model=tiny_model(True, seed=9), cache_root=tmp_path)
+    assert e3.artifacts != e1.artifacts and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the errors given where no GPU runtime exists")
+@pytest.mark.parametrize("name, needle", [
+    ("ort-cuda", "salstream[gpu]"), ("ort-trt", "salstream[gpu]"),
+    ("tensorrt", "salstream[tensorrt]"), ("torch-cuda", "CUDA"),
+])
+def test_gpu_engines_say_what_is_missing_in_one_line(tiny_exports, name, needle):
+    model, d = tiny_exports[True]
+    with pytest.raises(EngineUnavailable) as err:
+        create_engine(name, model=model, artifacts=d)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg and name in msg
+    assert isinstance(err.value, SalstreamError)  # the CLI prints these as one line
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the errors given where no GPU runtime exists")
+def test_export_cli_tensorrt_without_runtime_is_one_line(tmp_path, capsys):
+    from streamer.cli import main
+    rc = main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o"),
+               "--tensorrt"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "salstream[tensorrt]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_manifest_records_export_facts(tiny_exports):
+    _, d = tiny_exports[False]
+    m = read_manifest(d)
+    assert m.export_seconds is not None and m.export_seconds > 0
+    assert m.versions["onnxruntime"] == ort.__version__
+    assert m.video_outputs == 2 and m.audio_outputs is None
+    assert dataclasses.asdict(m.config)["per_frame_video"] is False
