@@ -1,0 +1,220 @@
+"""Training and evaluation on a tiny synthetic set with a small lite configuration."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffsal import metrics as M
+from diffsal.checkpoint import load_model, save_checkpoint
+from diffsal.datasets.layout import load_videos
+from diffsal.datasets.synthetic import write_synthetic
+from diffsal.evaluate import (BASELINE, DEFAULT_CHECKPOINT, METRIC_NAMES, centre_prior, evaluate, markdown_table,
+                              write_report)
+from diffsal.registry import create_model, default_config
+from diffsal.train import TrainOptions, pick_mode, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config():
+    # 8-frame causal windows, 64×128 input (grids 2×4, 4×8, 8×16), 16×32 maps: seconds per epoch.
+    return default_config("lite", frames=8, frame_stride=1, target_index=7, input_size=(64, 128), map_size=(16, 32))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting when other processes share the cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    write_synthetic(root, {"train": 2, "val": 1, "test": 2}, n_frames=14, width=128, height=64)
+    return root
+
+
+def _videos(root, split):
+    return load_videos(root, split, datasets=["Synthetic"])["Synthetic"]
+
+
+def test_centre_prior_scores_itself_perfectly():
+    g = centre_prior((40, 60))
+    assert g.max() == pytest.approx(1.0, abs=5e-3) and np.unravel_index(g.argmax(), g.shape) in ((19, 29), (19, 30), (20, 29), (20, 30))
+    assert M.cc(g, g) == pytest.approx(1.0)
+
+
+def test_mode_dropout_follows_probabilities():
+    import random
+    rng = random.Random(0)
+    picks = [pick_mode(rng, (0.6, 0.2, 0.2), True) for _ in range(5000)]
+    share = {m: picks.count(m) / len(picks) for m in ("av", "video", "audio")}
+    assert share["av"] == pytest.approx(0.6, abs=0.03) and share["audio"] == pytest.approx(0.2, abs=0.03)
+    assert {pick_mode(rng, (0.6, 0.2, 0.2), False) for _ in range(50)} == {"video"}   # no audio track
+
+
+def _train(tmp, data, epochs, resume=False, steps=3):
+    torch.manual_seed(0)
+    model = create_model(tiny_config())
+    opts = TrainOptions(epochs=epochs, batch_size=4, max_steps_per_epoch=steps, val_windows=4, target_stride=1)
+    rec = train(model, _videos(data, "train"), _videos(data, "val"), opts, tmp, resume=resume, progress=False,
+                log=lambda s: None)
+    return model, rec
+
+
+def test_training_writes_loadable_checkpoints_and_resumes_exactly(tmp_path, tiny_data):
+    straight, rec = _train(tmp_path / "a", tiny_data, epochs=2)
+    for f in ("epoch_001.safetensors", "epoch_002.safetensors", "last.safetensors", "train_state.pt"):
+        assert (tmp_path / "a" / f).is_file()
+    hist = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and "val_cc_av" in h for h in hist)
+    loaded = load_model(tmp_path / "a" / "last.safetensors")
+    for (k, v), (_, w) in zip(straight.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(v, w), k
+    # interrupted after epoch 1, then resumed: the same weights as the uninterrupted run
+    _train(tmp_path / "b", tiny_data, epochs=1)
+    resumed, _ = _train(tmp_path / "b", tiny_data, epochs=2, resume=True)
+    for (k, v), (_, w) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(v, w), k
+    # the frozen backbone did not move, the trainable parts did
+    fresh = create_model(tiny_config())
+    sd, fs = straight.state_dict(), fresh.state_dict()
+    assert all(torch.equal(sd[k], fs[k]) for k in sd if k.startswith("backbone."))
+    assert not torch.equal(sd["logits.weight"], fs["logits.weight"])
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path, tiny_data):
+    from diffsal.diffusion import cosine_alphas_cumprod
+    from diffsal.train import Batcher, diffusion_loss, training_targets
+    torch.manual_seed(0)
+    model = create_model(tiny_config())
+    vids = _videos(tiny_data, "train")
+    samples = training_targets(model.config, vids, 1)[:4]
+    b = Batcher(model, vids, samples, progress=False)
+    ac = cosine_alphas_cumprod()
+
+    def loss_at_fixed_noise():
+        with torch.no_grad():
+            return float(diffusion_loss(model, b.targets(samples), b.video(samples, False), b.audio(samples, False),
+                                        torch.Generator().manual_seed(5), ac))
+    before = loss_at_fixed_noise()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
+    model.train()
+    for i in range(15):
+        loss = diffusion_loss(model, b.targets(samples), b.video(samples, True), b.audio(samples, True),
+                              torch.Generator().manual_seed(i), ac)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert loss_at_fixed_noise() < 0.7 * before
+
+
+def test_evaluation_report_has_every_metric_mode_and_baseline(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    model = create_model(tiny_config())
+    data = {"Synthetic": _videos(tiny_data, "test")}
+    res = evaluate(model, data, frame_step=2, progress=False, n_examples=2)
+    modes = res["datasets"]["Synthetic"]["modes"]
+    assert set(modes) == {"av", "video", "audio", BASELINE}
+    for m, vals in modes.items():
+        assert set(vals) == set(METRIC_NAMES), m
+        assert all(np.isfinite(v) for v in vals.values())
+    assert set(res["datasets"]["Synthetic"]["per_video"]) == {"test_0000", "test_0001"}
+    # evaluation is reproducible (seeded noise)
+    again = evaluate(model, data, frame_step=2, progress=False)
+    assert again["datasets"]["Synthetic"]["modes"] == modes
+    paths = write_report(res, tmp_path / "rep")
+    assert json.loads(paths["json"].read_text())["datasets"]["Synthetic"]["modes"]["av"]["cc"] == modes["av"]["cc"]
+    table = paths["md"].read_text()
+    assert "| Synthetic | centre prior |" in table and "AUC-SHUFFLED" in table
+    from PIL import Image
+    for k in ("chart", "examples"):
+        with Image.open(paths[k]) as im:
+            assert im.size[0] > 200 and im.size[1] > 100
+
+
+def test_video_only_dataset_is_scored_in_video_mode_only(tmp_path):
+    from diffsal.datasets.layout import load_dhf1k
+    from PIL import Image
+    from diffsal.datasets.synthetic import SyntheticClip
+    clip = SyntheticClip(1, width=128, height=64, n_frames=10)
+    for i in range(10):
+        d = tmp_path / "0601"
+        for sub in ("images", "maps", "fixation"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(clip.frame(i)).save(d / "images" / f"{i + 1:04d}.png")
+        Image.fromarray((clip.density(i) * 255).astype(np.uint8)).save(d / "maps" / f"{i + 1:04d}.png")
+        Image.fromarray(clip.fixations(i).astype(np.uint8) * 255).save(d / "fixation" / f"{i + 1:04d}.png")
+    model = create_model(tiny_config())
+    res = evaluate(model, {"DHF1K": load_dhf1k(tmp_path, "val")}, frame_step=3, progress=False)
+    assert set(res["datasets"]["DHF1K"]["modes"]) == {"video", BASELINE}
+    assert "| DHF1K | video |" in markdown_table(res)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from streamer.cli import main
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not 'synthetic' and not a directory" in capsys.readouterr().err
+    assert main(["train", "--mode-probs", "1,2", "--out", str(tmp_path / "o")]) == 2
+    assert "--mode-probs" in capsys.readouterr().err
+
+
+def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
+    """`salstream train` on a dataset directory, then `salstream eval` on its checkpoint."""
+    from streamer.cli import main
+    # the tiny config is not a registered profile: save an untrained tiny checkpoint for eval instead
+    out = tmp_path / "rep"
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model(tiny_config()), tmp_path / "tiny.safetensors")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--frame-step", "4",
+                 "--modes", "av,video", "--out", str(out)]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert set(res["datasets"]["Synthetic"]["modes"]) == {"av", "video", BASELINE}
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(),
+                    reason="bundled diffsal/weights/lite_synthetic.safetensors not present (train it with the "
+                           "command in diffsal/weights/README.md)")
+def test_bundled_checkpoint_finds_the_sounding_object():
+    from diffsal.datasets.synthetic import SyntheticClip, split_seed
+    from diffsal.datasets.windows import WindowSource
+    from diffsal.inference import predict_window
+    from diffsal.preprocess import postprocess_map
+    model = load_model(DEFAULT_CHECKPOINT, profile="lite")
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 30 * 2**20
+
+    class _Clip:  # the layout's Video interface over an in-memory synthetic clip
+        has_audio, dataset = True, "Synthetic"
+
+        def __init__(self, clip):
+            self.c, self.name, self.n_frames, self.fps = clip, "mem", clip.n_frames, clip.fps
+
+        def frame(self, i):
+            return self.c.frame(i)
+
+        def density(self, i):
+            return self.c.density(i)
+
+        def audio(self):
+            return self.c.audio(), self.c.sample_rate
+
+    scores = {"av": [], "centre": []}
+    for k in range(3):
+        src = WindowSource(_Clip(SyntheticClip(split_seed("test", k), n_frames=90)), model.config)
+        for t in (60, 89):
+            v, a = src.video_input(t)[None], src.audio_input(t)[None]
+            pred = postprocess_map(predict_window(model, v, a, "av", generator=torch.Generator().manual_seed(0)))[0]
+            gt = src.video.density(t)
+            scores["av"].append(M.cc(pred, gt))
+            scores["centre"].append(M.cc(centre_prior(gt.shape), gt))
+    assert np.mean(scores["av"]) > np.mean(scores["centre"]) + 0.2
