@@ -43,7 +43,10 @@ def _norm_stats(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def resize_rgb(rgb: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, h, w) uint8 tensor, antialiased bilinear (unchanged if same size)."""
-    x = torch.from_numpy(np.ascontiguousarray(_check_rgb(rgb))).permute(2, 0, 1)
+    rgb = np.ascontiguousarray(_check_rgb(rgb))
+    if not rgb.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+        rgb = rgb.copy()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)
     h, w = int(size[0]), int(size[1])
     if tuple(x.shape[1:]) == (h, w):
         return x

