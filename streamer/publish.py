@@ -1,8 +1,9 @@
 """ZeroMQ publisher: sends maps (and optional frame previews) without ever blocking.
 
-A PUB socket never waits for subscribers: once a subscriber's queue holds
-``hwm`` messages, ZeroMQ drops further messages for that subscriber only, so one
-slow viewer cannot stall the pipeline or the other viewers. Every map carries a
+An XPUB socket (a PUB that also reports subscriptions) never waits for
+subscribers: once a subscriber's queue holds ``hwm`` messages, ZeroMQ drops further
+messages for that subscriber only, so one slow viewer cannot stall the pipeline or
+the other viewers. Every map carries a
 per-stream ``seq`` so a subscriber can count what it missed; sends that ZeroMQ
 refuses outright (``zmq.Again``) are counted here as ``send_dropped``.
 """
@@ -74,7 +75,9 @@ class Publisher:
         self.frame_max_side = int(frame_max_side)
         self.jpeg_quality = int(jpeg_quality)
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUB)
+        # XPUB sends exactly like PUB but also reports subscriptions, so a caller can wait
+        # for its first subscriber (wait_for_subscriber) instead of losing the first maps.
+        self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 0)   # closing must not wait for slow subscribers
         try:
@@ -93,14 +96,37 @@ class Publisher:
         self.sent = 0
         self.send_dropped = 0
         self.frames_sent = 0
+        self.subscribers_seen = 0
+        self._sends = 0
 
     def _send(self, parts: list[bytes]) -> bool:
+        self._sends += 1
+        if self._sends % 64 == 0:          # subscription notices are not needed after start-up
+            while self._sock.poll(0, zmq.POLLIN):
+                if self._sock.recv()[:1] == b"\x01":
+                    self.subscribers_seen += 1
         try:
             self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             self.send_dropped += 1
             return False
+
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s until some subscriber has subscribed; True if one did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            with self._lock:
+                if self._sock.poll(0, zmq.POLLIN):
+                    msg = self._sock.recv()
+                    if msg[:1] == b"\x01":
+                        self.subscribers_seen += 1
+                        return True
+                    continue
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.02, remaining))
 
     def send_parts(self, parts: list[bytes]) -> bool:
         """Send an already encoded multipart message on this socket (other topics, e.g. ``roi/``).

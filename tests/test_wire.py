@@ -82,6 +82,16 @@ def test_stream_id_rules():
             wire.check_stream_id(bad)
 
 
+def test_wait_for_subscriber():
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        assert not pub.wait_for_subscriber(0.1)          # nobody yet
+        with Subscriber(pub.endpoint) as sub:
+            assert pub.wait_for_subscriber(5.0)
+            pub.publish_map(_header(), np.ones((2, 2), np.float32))
+            first = sub.recv_map(timeout=2.0)             # no slow-joiner loss once subscribed
+        assert first is not None and first.header["seq"] == 0
+
+
 def test_publish_subscribe_maps_and_frames_over_loopback():
     pub, sub = _connected_pair()
     with pub, sub:

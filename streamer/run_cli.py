@@ -1,0 +1,112 @@
+"""``salstream run``: live saliency maps from one or more sources, published over ZeroMQ."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .publish import DEFAULT_ADDRESS
+
+DEMO_RECORD = "out/overlay.mp4"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run", help="run the live pipeline (default: the bundled demo clip)",
+        description="Read a live source (or several), predict a saliency map per frame window and publish "
+                    "each map over ZeroMQ (wire format in the README). With no --source it runs the bundled "
+                    f"demo clip and records the overlay to {DEMO_RECORD}. Ends when the sources end or on "
+                    "Ctrl-C, then prints a latency summary.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", action="append", default=None, metavar="SPEC",
+                   help="media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]; repeat for several "
+                        "streams (ids 0, 1, …) that share one engine (default: the bundled demo clip)")
+    p.add_argument("--mic", nargs="?", const="default", default=None, metavar="DEVICE",
+                   help="take the first stream's audio from a microphone (PyAudio device name or index; "
+                        "needs the 'audio' extra); without a usable device the stream runs video-only")
+    p.add_argument("--profile", default="lite", help="model profile: lite (CPU, causal) or full (published "
+                   "DiffSal, GPU)")
+    p.add_argument("--checkpoint", default=None, help="model weights (.safetensors); default: the bundled lite "
+                   "weights when present, else an untrained model (with a warning)")
+    p.add_argument("--engine", default="torch", help="inference backend (torch; others as installed, e.g. "
+                   "onnxruntime)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
+    p.add_argument("--hop", type=int, default=1, help="one map every N frames (1: a map for every frame)")
+    p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
+                   help="auto: audio-visual when the stream has audio, else video-only; or force one modality")
+    p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR",
+                   help="ZeroMQ address to bind (PUB); loopback only unless --allow-remote")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface "
+                   "(maps become visible to other machines)")
+    p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
+                   f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
+    p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="read files without pacing them at their frame rate and map every window (offline run)")
+    p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call")
+    p.add_argument("--batch-deadline-ms", type=float, default=5.0,
+                   help="how long a ready window may wait for the other streams' windows to batch with")
+    p.add_argument("--audio-wait-ms", type=float, default=100.0,
+                   help="how long a window may wait for late audio before it runs video-only (flagged)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
+    p.add_argument("--payload", default="float32", choices=("float32", "uint8"),
+                   help="map payload on the wire: little-endian float32 in [0,1] or uint8 0–255")
+    p.add_argument("--no-frames", action="store_true",
+                   help="do not publish the JPEG frame previews (topic frame/<stream>) that `salstream view` "
+                        "overlays")
+    p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a first subscriber before reading the sources, so it "
+                        "gets every map")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    p.set_defaults(func=run)
+    return p
+
+
+def options_from_args(args: argparse.Namespace):
+    from .pipeline import PipelineOptions
+
+    record = args.record
+    if record is None and not args.source and not args.no_record:
+        record = DEMO_RECORD
+    if args.no_record:
+        record = None
+    return PipelineOptions(
+        sources=list(args.source or []), mic=args.mic, profile=args.profile, checkpoint=args.checkpoint,
+        engine=args.engine, steps=args.steps, hop=args.hop, publish=args.publish, allow_remote=args.allow_remote,
+        record=record, paced=not args.as_fast_as_possible, max_batch=args.max_batch,
+        batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
+        payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
+        mode=args.mode, seed=args.seed, threads=args.threads, wait_subscriber=args.wait_subscriber)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="salstream: %(message)s", stream=sys.stderr)
+    opts = options_from_args(args)
+    opts.validate()                       # bad numbers fail before the model loads
+    pipe = Pipeline(opts)
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        # First Ctrl-C / SIGTERM: finish cleanly (maps in flight, playable recording).
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        print(f"\nsalstream run: {signal.Signals(signum).name}, finishing…", file=sys.stderr)
+        pipe.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = pipe.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print(summary.format())
+    return 0
