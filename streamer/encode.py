@@ -533,64 +533,110 @@ def encode_matched(out: Union[str, os.PathLike], frames: Callable[[], Iterable[t
 
 
 # ------------------------------------------------------------------------------ live driver
-MapFeed = Callable[[], list[tuple[int, np.ndarray]]]
+class LiveEncodeSession:
+    """Thread-safe consumer of live frames and maps: the glue between the pipeline and the encoder.
 
-
-def encode_source(source: Iterable[Any], make_encoder: Callable[[int, int, float], GuidedEncoder],
-                  fps: float, *, map_feed: Optional[MapFeed] = None,
-                  truth: Optional[Callable[[VideoFrame], np.ndarray]] = None, max_delay: int = 15,
-                  max_frames: Optional[int] = None, end_wait: float = 1.0,
-                  stop: Optional[Callable[[], bool]] = None) -> tuple[Optional[GuidedEncoder], FrameMapAligner]:
-    """Encode the video frames of ``source`` (units from :func:`streamer.sources.open_source`).
-
-    ``map_feed()`` returns the (frame index, map) pairs that arrived since the last call
-    (e.g. drained from a map subscriber or filled by the pipeline's per-map hook);
-    ``truth(frame)`` gives a frame's map directly (ground truth, no delay). The encoder
-    is built at the first frame, whose size it takes (odd sizes are cropped by one
-    pixel). After the source ends the feed gets up to ``end_wait`` seconds to deliver
-    the maps still missing, then the remaining frames are encoded.
+    ``add_frame(VideoFrame)`` from the source reader, ``add_map(frame_index, saliency)``
+    (or ``on_map(header, saliency)``, the pipeline's per-map hook) from wherever maps
+    arrive. One worker thread pairs them (:class:`FrameMapAligner`) and encodes, so
+    neither the reader nor the map publisher ever waits for x264. The encoder is built
+    by ``make_encoder(width, height)`` at the first frame (odd sizes lose one pixel).
     """
-    import time as _time
 
-    aligner = FrameMapAligner(max_delay=max_delay)
-    encoder: Optional[GuidedEncoder] = None
-    crop: tuple[int, int] = (0, 0)
-    count = 0
+    def __init__(self, make_encoder: Callable[[int, int], GuidedEncoder], *, stream_id: str = "0",
+                 max_delay: int = 15, queue_size: int = 256):
+        import queue
+        import threading
 
-    def emit(pairs: list[tuple[VideoFrame, Optional[np.ndarray]]]) -> None:
+        self._make = make_encoder
+        self.stream_id = str(stream_id)
+        self.aligner = FrameMapAligner(max_delay=max_delay)
+        self.encoder: Optional[GuidedEncoder] = None
+        self._q: "queue.Queue[tuple]" = queue.Queue(maxsize=queue_size)
+        self._crop = (0, 0)
+        self.error: Optional[BaseException] = None
+        self.frames_in = 0
+        self.maps_in = 0
+        self._thread = threading.Thread(target=self._run, name="salstream-encode", daemon=True)
+        self._thread.start()
+
+    def add_frame(self, frame: VideoFrame) -> None:
+        if frame.stream_id == self.stream_id:
+            self._q.put(("frame", frame))
+
+    def add_map(self, frame_index: int, saliency: np.ndarray) -> None:
+        self._q.put(("map", int(frame_index), np.asarray(saliency, np.float32)))
+
+    def on_map(self, header: dict, saliency: np.ndarray) -> None:
+        """Pipeline hook: ``Pipeline(..., on_map=session.on_map)``."""
+        if str(header.get("stream")) == self.stream_id:
+            self.add_map(int(header["frame_index"]), saliency)
+
+    def reset_smoothing(self) -> None:
+        self._q.put(("reset",))
+
+    def close(self, timeout: float = 60.0) -> Optional[EncodeStats]:
+        """Encode what is still held back, finish the file; re-raises a worker error."""
+        self._q.put(("end",))
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return None if self.encoder is None else self.encoder.stats
+
+    def _emit(self, pairs: list[tuple[VideoFrame, Optional[np.ndarray]]]) -> None:
         for frame, sal in pairs:
-            assert encoder is not None
-            img = frame.image[: crop[0], : crop[1]]
-            encoder.write(np.ascontiguousarray(img), sal, frame.pts)
+            if self.encoder is None:
+                h, w = frame.image.shape[:2]
+                self._crop = (h - h % 2, w - w % 2)
+                self.encoder = self._make(self._crop[1], self._crop[0])
+            img = np.ascontiguousarray(frame.image[: self._crop[0], : self._crop[1]])
+            self.encoder.write(img, sal, frame.pts)
 
-    def pull_maps() -> None:
-        if map_feed is not None:
-            for idx, sal in map_feed():
-                emit(aligner.add_map(idx, sal))
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._q.get()
+                if item[0] == "frame":
+                    self.frames_in += 1
+                    self._emit(self.aligner.add_frame(item[1]))
+                elif item[0] == "map":
+                    self.maps_in += 1
+                    self._emit(self.aligner.add_map(item[1], item[2]))
+                elif item[0] == "reset":
+                    if self.encoder is not None and self.encoder.mapper is not None:
+                        self.encoder.mapper.reset()
+                else:
+                    self._emit(self.aligner.flush())
+                    if self.encoder is not None:
+                        self.encoder.close()
+                    return
+        except BaseException as exc:  # surfaced by close()
+            self.error = exc
+            while True:   # keep draining so producers never block on a dead worker
+                if self._q.get()[0] == "end":
+                    return
 
-    for unit in source:
-        if stop is not None and stop():
-            break
-        if not isinstance(unit, VideoFrame):
-            if getattr(unit, "kind", None) == "gap" and encoder is not None and encoder.mapper is not None:
-                encoder.mapper.reset()   # after a reconnect the old smoothing state is stale
-            continue
-        if encoder is None:
-            h, w = unit.image.shape[:2]
-            crop = (h - h % 2, w - w % 2)
-            encoder = make_encoder(crop[1], crop[0], fps)
-        if truth is not None:
-            emit(aligner.add_map(unit.index, truth(unit)))
-        pull_maps()
-        emit(aligner.add_frame(unit))
-        count += 1
-        if max_frames is not None and count >= max_frames:
-            break
-    if encoder is not None:
-        deadline = _time.monotonic() + end_wait
-        while aligner.pending and map_feed is not None and _time.monotonic() < deadline:
-            pull_maps()
-            _time.sleep(0.01)
-        emit(aligner.flush())
-        encoder.close()
-    return encoder, aligner
+
+class TeeSource:
+    """Wraps a source so every unit it yields is also shown to ``on_unit`` (e.g. the encoder session).
+
+    The pipeline reads the wrapped source as usual; the encoder sees the very same frames.
+    """
+
+    def __init__(self, source: Any, on_unit: Callable[[Any], None]):
+        self._source = source
+        self._on_unit = on_unit
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self._source)
+        try:
+            for unit in it:
+                self._on_unit(unit)
+                yield unit
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()   # the wrapped source releases its device/container now, not at GC
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -370,6 +369,7 @@ class RoiPublisher:
         self._seq: dict[str, int] = {}
         self.sent = 0
         self.send_dropped = 0
+        self.closed = False
 
     def publish(self, stream: str, qp_map: QpMap, regions: Sequence[Region], frame_index: int, pts: float,
                 capture_time: float) -> bool:
@@ -397,14 +397,14 @@ class RoiPublisher:
         return qp_map, regions
 
     def _send(self, parts: list[bytes]) -> bool:
-        pub = self.publisher
-        send = getattr(pub, "send_parts", None)
-        if send is not None:
-            return bool(send(parts))
-        # The map publisher has no public raw-send yet: share its socket under its lock.
-        lock: threading.Lock = pub._lock
-        with lock:
-            return bool(pub._send(parts))
+        if self.closed:
+            return False
+        try:
+            return bool(self.publisher.send_parts(parts))
+        except zmq.ZMQError:
+            # The map publisher was closed (its session ended): later messages have nowhere to go.
+            self.closed = True
+            return False
 
 
 class RoiSubscriber:

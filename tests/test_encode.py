@@ -198,9 +198,9 @@ def test_cli_encodes_a_synthetic_source_with_ground_truth(tmp_path, capsys):
     assert summary["frames"] == summary["guided_frames"] == 45 and summary["frames_without_own_map"] == 0
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 45
-    assert cli_main(["encode", "--source", "synthetic:3", "--out", str(out), "--bitrate", "150k",
-                     "--saliency-guided"]) == 2
-    assert "needs maps" in capsys.readouterr().err
+    assert cli_main(["encode", "--source", str(out), "--out", str(tmp_path / "again.mp4"), "--bitrate", "150k",
+                     "--saliency-guided", "--truth"]) == 2
+    assert "no ground truth" in capsys.readouterr().err
     assert cli_main(["encode", "--source", "synthetic:3", "--out", str(out), "--bitrate", "1x"]) == 2
 
 
@@ -237,3 +237,44 @@ def test_cli_follows_maps_from_a_publisher(tmp_path, capsys):
     clip = SyntheticClip(4, n_frames=300)
     q = measure_region_quality(tmp_path / "m.mp4", [(clip.frame(i), sal) for i in range(n)])
     assert q.qp_outside - q.qp_inside > 10
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
+    """Default route: the live pipeline computes the maps (an untrained lite model is enough to
+    prove the wiring) and the regions actually applied go out on roi/0 next to the maps."""
+    from streamer.roi import RoiSubscriber
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    got = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with RoiSubscriber(address, ["0"]) as sub:
+            while not stop.is_set():
+                msg = sub.recv(timeout=0.1)
+                if msg is not None:
+                    got.append(msg)
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    try:
+        rc = cli_main(["encode", "--source", "synthetic:3", "--out", str(tmp_path / "p.mp4"), "--bitrate", "150k",
+                       "--saliency-guided", "--frames", "20", "--steps", "1", "--publish", address, "--json"])
+    finally:
+        stop.set()
+        t.join()
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 20 and summary["maps_received"] >= 1
+    assert summary["guided_frames"] == 20       # frames before the first map take the nearest later one
+    with av.open(str(tmp_path / "p.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 20
+    # Subscriber joins late (slow joiner) but must see some of the ROI messages.
+    assert got and got[-1].qp_map.shape == (14, 24) and got[-1].regions

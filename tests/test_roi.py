@@ -231,3 +231,13 @@ def test_published_on_the_map_socket_under_its_own_topic():
             # The map subscriber of the same stream sees no ROI traffic.
             assert msub.recv(timeout=0.2) is None
         assert roi_pub.sent >= 2 and roi_pub.send_dropped == 0
+
+
+def test_publishing_after_the_map_publisher_closed_drops_quietly():
+    from streamer.publish import Publisher
+
+    pub = Publisher("tcp://127.0.0.1:*")
+    roi_pub = RoiPublisher(pub, 64, 64)
+    pub.close()
+    qp, regions = roi_pub.publish_saliency("cam0", _blob(64, 64, 10, 10, 5), 0, 0.0, 0.0)
+    assert regions and roi_pub.sent == 0 and roi_pub.send_dropped == 1 and roi_pub.closed
