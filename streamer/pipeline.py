@@ -61,6 +61,7 @@ class PipelineOptions:
     threads: Optional[int] = None
     hwm: int = 16
     wait_subscriber: float = 0.0     # seconds to wait for a first subscriber before reading sources
+    max_new_frames: int = 4          # per-frame profiles: new frames encoded per window at most (0: no cap)
 
     def validate(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
@@ -79,6 +80,8 @@ class PipelineOptions:
             raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0")
         if self.mode not in MODE_CHOICES:
             raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
+        if self.max_new_frames < 0:
+            raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
         if self.wait_subscriber < 0:
             raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds")
         if self.payload_dtype not in wire.PAYLOAD_DTYPES:
@@ -262,7 +265,7 @@ class Pipeline:
                 wire.check_stream_id(s.stream_id)
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
-                                       seed=o.seed)
+                                       seed=o.seed, max_new_frames=o.max_new_frames or None)
             for s in self._sources:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,

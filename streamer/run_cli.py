@@ -48,6 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call")
     p.add_argument("--batch-deadline-ms", type=float, default=5.0,
                    help="how long a ready window may wait for the other streams' windows to batch with")
+    p.add_argument("--max-new-frames", type=int, default=4, metavar="N",
+                   help="lite: when compute falls far behind, encode at most N new frames per window and reuse "
+                        "the nearest encoded frame for the rest (flag approx_frames); 0 = no cap")
     p.add_argument("--audio-wait-ms", type=float, default=100.0,
                    help="how long a window may wait for late audio before it runs video-only (flagged)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
@@ -81,7 +84,8 @@ def options_from_args(args: argparse.Namespace):
         record=record, paced=not args.as_fast_as_possible, max_batch=args.max_batch,
         batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
-        mode=args.mode, seed=args.seed, threads=args.threads, wait_subscriber=args.wait_subscriber)
+        mode=args.mode, seed=args.seed, threads=args.threads, wait_subscriber=args.wait_subscriber,
+        max_new_frames=args.max_new_frames)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,10 @@ Latest wins
 Feature caches (per-frame profiles)
     Video features are cached per ``(stream, frame index)`` and audio features per
     ``(stream, grid slice)``; a window encodes only what no earlier window did and its
-    features are assembled with :func:`diffsal.models.base.stack_time`.
+    features are assembled with :func:`diffsal.models.base.stack_time`. When compute
+    is far behind, a window encodes at most ``max_new_frames`` new frames (the newest)
+    and reuses the nearest encoded frame elsewhere, flagged ``approx_frames``: latency
+    stays bounded instead of each late window re-encoding the whole window.
 Batching
     Windows of different streams that are ready together go through the engine as one
     batch (up to ``max_batch``); when one is ready the worker waits at most
@@ -76,18 +79,22 @@ class Scheduler:
 
     ``steps``: DDIM steps (default: the model's). ``seed``: the noise generator's seed,
     so a run is reproducible. ``postprocess``: ``x0 (B, 1, h, w) -> (B, h, w)`` array
-    (default ``diffsal.preprocess.postprocess_map``).
+    (default ``diffsal.preprocess.postprocess_map``). ``max_new_frames``: per-frame
+    profiles encode at most this many new frames per window (``None``: no cap; see
+    :meth:`_limit_new_frames`).
     """
 
     def __init__(self, engine: Any, *, steps: Optional[int] = None, max_batch: int = 4,
                  batch_deadline: float = 0.005, on_result: Optional[Callable[[MapResult], None]] = None,
-                 seed: int = 0, postprocess: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic):
+                 seed: int = 0, postprocess: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic,
+                 max_new_frames: Optional[int] = 4):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.engine = engine
         self.cfg = engine.config
         self.steps = int(steps if steps is not None else self.cfg.default_steps)
         self.max_batch = int(max_batch)
+        self.max_new_frames = int(max_new_frames) if max_new_frames else None
         self.batch_deadline = float(batch_deadline)
         self.on_result = on_result
         if postprocess is None:
@@ -266,6 +273,8 @@ class Scheduler:
             self.frames_encoded += sum(len(w.frames) for w in windows)
             return eng.encode_video(clips)
         todo = self._missing(self._vcache, windows, lambda w: zip(w.frame_indices, w.frames))
+        if self.max_new_frames:
+            todo = self._limit_new_frames(windows, todo)
         if todo:
             feats = _split(eng.encode_video(torch.stack([x for x, _ in todo.values()])), len(todo))
             self._store(self._vcache, todo, feats)
@@ -273,7 +282,7 @@ class Scheduler:
         out = []
         for w in windows:
             cache = self._vcache[w.stream_id]
-            out.append(stack_time([cache[idx][1] for idx in w.frame_indices]))
+            out.append(stack_time(self._window_frame_features(w, cache)))
             # Older frames can never be needed again (windows of a stream only move forward).
             oldest = min(w.frame_indices)
             for idx in [k for k in cache if k < oldest]:
@@ -297,6 +306,34 @@ class Scheduler:
             for k in [k for k in cache if k < oldest]:
                 del cache[k]
         return _cat(out)
+
+    def _limit_new_frames(self, windows: list[Window], todo: dict) -> dict:
+        """Encode at most ``max_new_frames`` new frames per window, the newest first.
+
+        Only matters when compute has fallen so far behind that a window shares few
+        frames with the last one that ran: without a cap every such window would
+        re-encode up to ``frames`` frames, making it slower still. The other positions
+        then reuse the nearest encoded frame of the window (``flags["approx_frames"]``).
+        """
+        keep = {}
+        for w in windows:
+            mine = [(w.stream_id, idx) for idx in dict.fromkeys(w.frame_indices) if (w.stream_id, idx) in todo]
+            for key in sorted(mine, key=lambda k: k[1], reverse=True)[: self.max_new_frames]:
+                keep[key] = todo[key]
+        return keep
+
+    @staticmethod
+    def _window_frame_features(w: Window, cache: dict) -> list:
+        """Per-position features; a position whose frame was not encoded borrows the nearest one that was."""
+        have = [cache[idx][1] if idx in cache and cache[idx][0] is fr else None
+                for idx, fr in zip(w.frame_indices, w.frames)]
+        missing = [j for j, f in enumerate(have) if f is None]
+        if missing:
+            ok = [j for j, f in enumerate(have) if f is not None]
+            for j in missing:
+                have[j] = have[min(ok, key=lambda k: (abs(k - j), -k))]
+            w.flags["approx_frames"] = len(missing)
+        return have
 
     @staticmethod
     def _missing(caches: dict, windows: list[Window], items: Callable) -> dict:

@@ -190,3 +190,26 @@ def test_max_batch_one_never_batches(engine):
     sched.start()
     sched.close(drain=True)
     assert len(results) == 2 and slow.batches == [1, 1]
+
+
+def test_far_behind_window_encodes_at_most_max_new_frames(engine):
+    w = make_windows(engine.config, 41)[40]                     # frames 10, 12, …, 40: none encoded yet
+    assert len(set(w.frame_indices)) == 16
+    capped = Scheduler(engine, steps=1, max_new_frames=4)
+    results = collect(capped)
+    capped.add_stream("0")
+    capped.submit(w)
+    capped.start()
+    capped.close()
+    assert capped.frames_encoded == 4 and results[0].window.flags["approx_frames"] == 12
+    cache = capped._vcache["0"]
+    assert sorted(cache) == [34, 36, 38, 40]                    # the newest frames were the ones encoded
+
+    w2 = make_windows(engine.config, 41)[40]
+    full = Scheduler(engine, steps=1, max_new_frames=None)
+    collect(full)
+    full.add_stream("0")
+    full.submit(w2)
+    full.start()
+    full.close()
+    assert full.frames_encoded == 16 and "approx_frames" not in w2.flags
