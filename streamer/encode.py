@@ -358,7 +358,8 @@ class RegionQuality:
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("per_frame")
-        return d
+        # Strict JSON: an empty region (NaN) or a lossless one (inf) has no PSNR to report.
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
 
 
 def _psnr(mse: float) -> float:
@@ -474,8 +475,8 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
         frames=n, file_bytes=path.stat().st_size, video_bytes=video_bytes,
         bitrate=8.0 * video_bytes / seconds if seconds else 0.0,
         psnr=_psnr(acc["all"][0] / acc["all"][1]),
-        psnr_inside=_psnr(acc["in"][0] / max(acc["in"][1], 1)),
-        psnr_outside=_psnr(acc["out"][0] / max(acc["out"][1], 1)),
+        psnr_inside=_psnr(acc["in"][0] / acc["in"][1]) if acc["in"][1] else float("nan"),
+        psnr_outside=_psnr(acc["out"][0] / acc["out"][1]) if acc["out"][1] else float("nan"),
         weighted_psnr=_psnr(acc["w"][0] / max(acc["w"][1], 1e-9)),
         qp_inside=acc["qp_in"][0] / max(acc["qp_in"][1], 1),
         qp_outside=acc["qp_out"][0] / max(acc["qp_out"][1], 1),
