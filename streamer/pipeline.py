@@ -282,7 +282,7 @@ class Pipeline:
                      self.endpoint, engine.config.profile, getattr(engine, "name", "?"), self.scheduler.steps)
             if o.wait_subscriber > 0:
                 log.info("waiting up to %.0f s for a subscriber on %s", o.wait_subscriber, self.endpoint)
-                if not self.publisher.wait_for_subscriber(o.wait_subscriber):
+                if not self.publisher.wait_for_subscriber(o.wait_subscriber, stop=self._stop) and not self._stop.is_set():
                     log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)
             self.scheduler.start()
             self.ready.set()

@@ -112,10 +112,11 @@ class Publisher:
             self.send_dropped += 1
             return False
 
-    def wait_for_subscriber(self, timeout: float) -> bool:
-        """Block up to ``timeout`` s until some subscriber has subscribed; True if one did."""
+    def wait_for_subscriber(self, timeout: float, stop: Optional[threading.Event] = None) -> bool:
+        """Block up to ``timeout`` s (or until ``stop`` is set) until some subscriber has subscribed;
+        True if one did."""
         deadline = time.monotonic() + timeout
-        while True:
+        while stop is None or not stop.is_set():
             remaining = deadline - time.monotonic()
             with self._lock:
                 if self._sock.poll(0, zmq.POLLIN):
@@ -127,6 +128,7 @@ class Publisher:
             if remaining <= 0:
                 return False
             time.sleep(min(0.02, remaining))
+        return False
 
     def send_parts(self, parts: list[bytes]) -> bool:
         """Send an already encoded multipart message on this socket (other topics, e.g. ``roi/``).

@@ -19,6 +19,7 @@ from streamer.publish import Publisher
 from streamer.sources import open_source
 from streamer.subscriber import Subscriber
 from streamer.testing.media import write_test_clip
+from streamer.testing.rtsp import RtspTestServer, system_python
 
 HOP_S = afeat.slice_hop_samples() / afeat.SAMPLE_RATE
 
@@ -35,11 +36,12 @@ def clip(tmp_path_factory):
     return write_test_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=1.5, fps=20, audio_rate=48000)
 
 
-def run_with_subscriber(opts: PipelineOptions, engine, timeout: float = 120.0, frames: bool = True):
+def run_with_subscriber(opts: PipelineOptions, engine, timeout: float = 120.0, frames: bool = True,
+                        sources=None):
     """Run a pipeline in a thread; a subscriber joins before any map is sent and collects everything."""
     opts.publish = "tcp://127.0.0.1:*"
     opts.wait_subscriber = 30.0
-    pipe = Pipeline(opts, engine=engine)
+    pipe = Pipeline(opts, engine=engine, sources=sources)
     out: dict = {}
 
     def target():
@@ -144,6 +146,26 @@ def test_windows_from_a_real_file_align_frames_and_audio(engine, tmp_path):
             assert loud, f"window {w.target_index} misses the tone at {flash} s"
             checked += 1
     assert checked > 20
+
+
+@pytest.mark.skipif(system_python() is None,
+                    reason="GStreamer RTSP server bindings missing (run scripts/install-system-deps)")
+def test_rtsp_stream_with_audio_to_subscriber(engine, tmp_path):
+    served = write_test_clip(tmp_path / "served.mp4", seconds=2.0, fps=20, flash_frames=(20,))
+    server = RtspTestServer(file=served.path, fps=20).start()
+    try:
+        src = open_source(server.url, open_timeout=10, read_timeout=5, reconnect_attempts=0)
+        assert src.has_audio
+        summary, maps, _, _ = run_with_subscriber(PipelineOptions(steps=1), engine, frames=False, sources=[src])
+    finally:
+        server.close()
+    assert len(maps) >= 10
+    pts = [m.pts for m in maps]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    assert sum(m.header["mode"] == "av" for m in maps) >= len(maps) // 2     # audio came through RTSP too
+    for m in maps:
+        assert not wire.missing_fields(m.header) and m.saliency.shape == tuple(engine.config.map_size)
+        assert m.header["publish_time"] >= m.header["capture_time"]
 
 
 def test_latest_wins_on_a_paced_file_bounds_latency(engine, clip):

@@ -213,3 +213,29 @@ def test_far_behind_window_encodes_at_most_max_new_frames(engine):
     full.start()
     full.close()
     assert full.frames_encoded == 16 and "approx_frames" not in w2.flags
+
+
+def test_window_level_profile_runs_whole_clips():
+    """A `full`-style model (per_frame_video=False, centred target): clips and window audio go in whole."""
+    from engines import create_engine
+    from tiny_models import tiny_model
+
+    eng = create_engine("torch", model=tiny_model(per_frame=False))
+    cfg = eng.config
+    windows = make_windows(cfg, 6)
+    assert all(w.frame_indices[cfg.target_index] == w.target_index for w in windows)
+    assert windows[0].audio.shape == (1, cfg.audio.n_slices, *cfg.audio.slice_size)
+    sched = Scheduler(eng, steps=2, seed=5)
+    results = collect(sched)
+    sched.add_stream("0", lossless=True)
+    sched.start()
+    for w in windows:
+        sched.submit(w)
+    sched.close()
+    assert [r.window.target_index for r in results] == list(range(len(windows)))
+    gen = torch.Generator().manual_seed(5)
+    for r in results:
+        noise = torch.randn((1, 1, *cfg.map_size), generator=gen)
+        video = torch.stack(r.window.frames, dim=1).unsqueeze(0)
+        ref = predict_window(eng, video, r.window.audio.unsqueeze(0), mode="av", steps=2, noise=noise)
+        np.testing.assert_allclose(r.saliency, ref[0, 0].numpy(), atol=1e-5)
