@@ -42,8 +42,13 @@ network. What it changes, and why:
   scale.
 
 Default sizes (see :func:`lite_config`): 192×320 input (backbone strides 8/16/32 give
-24×40, 12×20, 6×10 grids), 48×80 map, 2 DDIM steps (t = 500, 0): about 1.6 GFLOPs per
-new frame; ``benchmarks/lite_cost.py`` measures it.
+24×40, 12×20, 6×10 grids), 48×80 map (the streamer upsamples for display). Cost per new
+frame (``benchmarks/lite_cost.py``, torch FLOP counter): backbone + projections 0.90
+GFLOPs (0.89 of it the backbone; 1.25 at 224×384, hence the smaller input), audio slice
+0.03, one denoiser step 0.40 (any mode). ``default_steps = 2`` (DDIM t = 500, 0) keeps
+the total at 1.73 GFLOPs, inside the 2 GFLOP budget (3 steps would be 2.13); steps
+remain selectable per call, and the right count for a trained checkpoint should be
+re-measured (how much later steps still change the map).
 """
 from __future__ import annotations
 
