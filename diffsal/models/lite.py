@@ -67,6 +67,8 @@ from .base import Features, SaliencyModel
 from .unet import MAMBlock, Mlp, PadDownsample, Readout, ResnetBlock, TimeEmbedding, _from_frames, _to_frames
 
 
+# Frozen (v1): the bundled checkpoint is trained on exactly this architecture and config;
+# changing either means re-training and shipping a new checkpoint.
 def lite_config() -> ModelConfig:
     return ModelConfig(
         profile="lite", frames=16, frame_stride=2, target_index=15,
