@@ -91,8 +91,9 @@ def options_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="salstream: %(message)s", stream=sys.stderr)
+    # Our own progress at INFO; third-party libraries (e.g. ONNX export) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
+    logging.getLogger("salstream").setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
     opts.validate()                       # bad numbers fail before the model loads
     pipe = Pipeline(opts)

@@ -91,7 +91,8 @@ class OverlayViewer:
 def view(args: argparse.Namespace) -> int:
     from .overlay import OverlayRecorder, has_gui
 
-    logging.basicConfig(level=logging.INFO, format="salstream: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
+    logging.getLogger("salstream").setLevel(logging.INFO)
     if args.record is None and not has_gui():
         raise SalstreamError("this OpenCV build cannot open windows (opencv-python-headless); record instead "
                              "with --record overlay.mp4, or install opencv-python for a live window")
