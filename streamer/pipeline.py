@@ -62,6 +62,7 @@ class PipelineOptions:
     hwm: int = 16
     wait_subscriber: float = 0.0     # seconds to wait for a first subscriber before reading sources
     max_new_frames: int = 4          # per-frame profiles: new frames encoded per window at most (0: no cap)
+    warm_start: Optional[int] = None  # DDIM warm start from the previous map at this timestep (None: off)
 
     def validate(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
@@ -80,6 +81,8 @@ class PipelineOptions:
             raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0")
         if self.mode not in MODE_CHOICES:
             raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
+        if self.warm_start is not None and not 0 <= self.warm_start < 1000:
+            raise SalstreamError(f"--warm-start {self.warm_start}: must be a timestep in 0…999 (e.g. 250)")
         if self.max_new_frames < 0:
             raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
         if self.wait_subscriber < 0:
@@ -265,7 +268,8 @@ class Pipeline:
                 wire.check_stream_id(s.stream_id)
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
-                                       seed=o.seed, max_new_frames=o.max_new_frames or None)
+                                       seed=o.seed, max_new_frames=o.max_new_frames or None,
+                                       warm_start=o.warm_start)
             for s in self._sources:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--engine", default="torch", help="inference backend (torch; others as installed, e.g. "
                    "onnxruntime)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
+    p.add_argument("--warm-start", type=int, default=None, metavar="T",
+                   help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
+                        "only the DDIM steps at or below T: fewer network calls, steadier maps (default: off)")
     p.add_argument("--hop", type=int, default=1, help="one map every N frames (1: a map for every frame)")
     p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
                    help="auto: audio-visual when the stream has audio, else video-only; or force one modality")
@@ -85,7 +88,7 @@ def options_from_args(args: argparse.Namespace):
         batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
         mode=args.mode, seed=args.seed, threads=args.threads, wait_subscriber=args.wait_subscriber,
-        max_new_frames=args.max_new_frames)
+        max_new_frames=args.max_new_frames, warm_start=args.warm_start)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -203,7 +203,8 @@ def test_address_in_use_fails_before_loading_anything(engine):
 
 @pytest.mark.parametrize("field, value, needle", [
     ("steps", 0, "--steps"), ("steps", 5000, "--steps"), ("hop", 0, "--hop"), ("max_batch", 0, "--max-batch"),
-    ("duration", -1.0, "--duration"), ("mode", "both", "--mode"),
+    ("duration", -1.0, "--duration"), ("mode", "both", "--mode"), ("warm_start", 1000, "--warm-start"),
+    ("max_new_frames", -1, "--max-new-frames"),
 ])
 def test_out_of_range_options_are_clear(field, value, needle):
     with pytest.raises(SalstreamError, match=needle):

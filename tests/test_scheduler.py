@@ -239,3 +239,17 @@ def test_window_level_profile_runs_whole_clips():
         video = torch.stack(r.window.frames, dim=1).unsqueeze(0)
         ref = predict_window(eng, video, r.window.audio.unsqueeze(0), mode="av", steps=2, noise=noise)
         np.testing.assert_allclose(r.saliency, ref[0, 0].numpy(), atol=1e-5)
+
+
+def test_warm_start_runs_fewer_steps_from_the_previous_map(engine):
+    windows = make_windows(engine.config, 4)
+    sched = Scheduler(engine, steps=4, warm_start=250)
+    results = collect(sched)
+    sched.add_stream("0", lossless=True)
+    sched.start()
+    for w in windows:
+        sched.submit(w)
+    sched.close()
+    # 4 steps visit t = 750, 500, 250, 0; warm-started windows keep only t <= 250
+    assert [r.steps for r in results] == [4, 2, 2, 2]
+    assert [bool(r.window.flags.get("warm_start")) for r in results] == [False, True, True, True]
