@@ -18,13 +18,18 @@ def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
     """Weights large enough that every path visibly moves the output (the training init,
     N(0, 0.01²), leaves the map almost constant)."""
     g = torch.Generator().manual_seed(seed)
+    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d)
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            fan_in = p[0].numel() if p.dim() > 1 else 1
-            std = 1.0 / math.sqrt(fan_in) if p.dim() > 1 else 0.1
-            if name.endswith(("align_conv.weight", "linear_pred.weight")):
-                std *= 10  # the MIM path that carries x_t in AV mode is weak; make it show
-            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if name.endswith("norm.weight") else 0.0))
+        for mname, mod in module.named_modules():
+            for pname, p in mod.named_parameters(recurse=False):
+                if isinstance(mod, norms):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if pname == "weight" else 0.0))
+                    continue
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                std = 1.0 / math.sqrt(fan_in) if p.dim() > 1 else 0.1
+                if mname.endswith("align_conv"):
+                    std *= 10  # the MIM path that carries x_t in AV mode is weak; make it show
+                p.copy_(torch.randn(p.shape, generator=g) * std)
         for name, b in module.named_buffers():
             if name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=g) + 0.5)
@@ -177,3 +182,289 @@ def test_unet_does_not_modify_its_inputs_and_checks_sizes(unet):
         unet(torch.randn(1, 1, 2 * H, W), torch.tensor([0]), video, audio)
     with pytest.raises(SalstreamError, match="neither"):
         unet(torch.randn(1, 1, H, W), torch.tensor([0]), None, None)
+
+
+# ================================================================ MViT details
+
+def _naive_rel_index(q: int, k: int) -> np.ndarray:
+    qr, kr = max(k / q, 1.0), max(q / k, 1.0)
+    return np.array([[math.floor(i * qr - j * kr + (k - 1) * kr) for j in range(k)] for i in range(q)])
+
+
+def _linear_resize(table: np.ndarray, n: int) -> np.ndarray:
+    """1-D linear resampling, align_corners False (half-pixel centres, edge clamped)."""
+    m = table.shape[0]
+    pos = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, m - 1)
+    frac = (pos - lo)[:, None]
+    return table[lo] * (1 - frac) + table[hi] * frac
+
+
+@pytest.mark.parametrize("q,k,stored", [(56, 7, 111),    # block 0, h at 224×384: table used as is
+                                        (96, 12, 111),   # block 0, w: stretched 111 -> 191
+                                        (7, 14, 27),     # block 14, w at 224×224: q shorter than k
+                                        (4, 2, 13)])     # a small clip: shrunk
+def test_decomposed_rel_pos_lookup(q, k, stored):
+    from diffsal.models.mvit import _rel_pos_gather
+    table = torch.randn(stored, 5, generator=torch.Generator().manual_seed(q * k))
+    got = _rel_pos_gather(table, q, k).numpy()
+    length = 2 * max(q, k) - 1
+    resized = table.numpy() if stored == length else _linear_resize(table.numpy().astype(np.float64), length)
+    idx = _naive_rel_index(q, k)
+    assert idx.min() >= 0 and idx.max() < length
+    # (torch computes the resampling positions in float32: ~1e-5 off the float64 ones)
+    np.testing.assert_allclose(got, resized[idx], rtol=0, atol=1e-4)
+    if (q, k) == (56, 7):
+        assert idx[0, 0] == 48 and idx[55, 6] == 55 and idx[3, 2] == 35   # i − 8j + 48
+
+
+def test_pooling_attention_against_a_naive_implementation():
+    """Per-head q/k/v pooling, decomposed rel-pos from the unscaled q, residual pooling
+    (class token excluded), written out token by token."""
+    from diffsal.models.mvit import MultiScaleAttention
+    torch.manual_seed(7)
+    attn = MultiScaleAttention(4, 8, 2, stride_q=(1, 2, 2), stride_kv=(1, 2, 2), rel_len_t=3, rel_len_hw=5).eval()
+    with torch.no_grad():
+        for p in (attn.rel_pos_h, attn.rel_pos_w, attn.rel_pos_t):
+            p.normal_()
+        for n in (attn.norm_q, attn.norm_k, attn.norm_v):
+            n.weight.uniform_(0.5, 1.5)
+            n.bias.normal_(0, 0.1)
+    thw = (2, 4, 6)
+    x = torch.randn(1, 1 + 2 * 4 * 6, 4)
+    with torch.no_grad():
+        out, q_thw = attn(x, thw)
+    assert q_thw == (2, 2, 3) and out.shape == (1, 1 + 12, 8)
+
+    d, heads = 4, 2
+    W = attn.qkv.weight.detach().numpy().astype(np.float64)
+    b = attn.qkv.bias.detach().numpy().astype(np.float64)
+    xq = x[0].numpy().astype(np.float64) @ W.T + b              # (N, 3·8)
+
+    def pool(tokens, conv, norm, stride):
+        cls, grid = tokens[:1], tokens[1:].reshape(*thw, d)
+        wgt = conv.weight.detach().numpy()[:, 0]                  # (d, 3, 3, 3) depth-wise
+        pad = np.pad(grid, ((1, 1), (1, 1), (1, 1), (0, 0)))
+        T, Hh, Ww = thw[0] // stride[0], (thw[1] - 1) // stride[1] + 1, (thw[2] - 1) // stride[2] + 1
+        out_grid = np.zeros((T, Hh, Ww, d))
+        for t in range(T):
+            for i in range(Hh):
+                for j in range(Ww):
+                    patch = pad[t * stride[0]:t * stride[0] + 3, i * stride[1]:i * stride[1] + 3,
+                                j * stride[2]:j * stride[2] + 3]
+                    out_grid[t, i, j] = np.einsum("tyxc,ctyx->c", patch, wgt)
+        y = np.concatenate([cls, out_grid.reshape(-1, d)])
+        mu, var = y.mean(-1, keepdims=True), y.var(-1, keepdims=True)
+        y = (y - mu) / np.sqrt(var + 1e-5) * norm.weight.detach().numpy() + norm.bias.detach().numpy()
+        return y, (T, Hh, Ww)
+
+    R = {a: getattr(attn, f"rel_pos_{a}").detach().numpy().astype(np.float64) for a in "thw"}
+    outs = []
+    for h in range(heads):
+        qh, kh, vh = (xq[:, s * 8 + h * d: s * 8 + (h + 1) * d] for s in range(3))
+        q, qs = pool(qh, attn.pool_q, attn.norm_q, (1, 2, 2))
+        k, ks = pool(kh, attn.pool_k, attn.norm_k, (1, 2, 2))
+        v, _ = pool(vh, attn.pool_v, attn.norm_v, (1, 2, 2))
+        logits = (q * d ** -0.5) @ k.T
+        qpos = [(t, i, j) for t in range(qs[0]) for i in range(qs[1]) for j in range(qs[2])]
+        kpos = [(t, i, j) for t in range(ks[0]) for i in range(ks[1]) for j in range(ks[2])]
+        for a, axis in enumerate("thw"):
+            table = R[axis]
+            length = 2 * max(qs[a], ks[a]) - 1
+            if table.shape[0] != length:
+                table = _linear_resize(table, length)
+            idx = _naive_rel_index(qs[a], ks[a])
+            for n, qp in enumerate(qpos):
+                for m, kp in enumerate(kpos):
+                    logits[1 + n, 1 + m] += q[1 + n] @ table[idx[qp[a], kp[a]]]
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        o = p @ v
+        o[1:] += q[1:]                                           # residual pooling, not the cls row
+        outs.append(o)
+    merged = np.concatenate(outs, axis=1)
+    expected = merged @ attn.proj.weight.detach().numpy().T + attn.proj.bias.detach().numpy()
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rel_pos_cache_follows_weight_updates():
+    from diffsal.models.mvit import MultiScaleAttention
+    attn = MultiScaleAttention(4, 4, 1, (1, 1, 1), (1, 2, 2), 3, 7).eval()
+    with torch.inference_mode():
+        a = attn._rel("rel_pos_h", 4, 2).clone()
+        assert attn._rel("rel_pos_h", 4, 2) is attn._rel("rel_pos_h", 4, 2)   # cached
+    attn.load_state_dict({k: v + 1 for k, v in attn.state_dict().items()})
+    with torch.inference_mode():
+        torch.testing.assert_close(attn._rel("rel_pos_h", 4, 2), a + 1)
+
+
+# ================================================================ whole model
+
+def test_state_dict_names_and_shapes_equal_the_official_checkpoint():
+    import json
+    from pathlib import Path
+    from diffsal.models.full import FullDiffSal, full_config
+    ref = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())
+    with torch.device("meta"):
+        model = FullDiffSal(full_config())
+    own = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert own == ref
+
+
+def test_parameter_counts_match_the_spec():
+    from diffsal.models.full import FullDiffSal, full_config
+    with torch.device("meta"):
+        m = FullDiffSal(full_config())
+
+    def count(*mods):
+        return sum(p.numel() for mod in mods for p in mod.parameters())
+
+    d, dec = m.decoder_net, m.decoder_net.invpt_decoder
+    assert count(m.visual_net) == 34_231_488
+    rel = sum(p.numel() for n, p in m.visual_net.named_parameters() if "rel_pos" in n) + m.visual_net.cls_token.numel()
+    assert rel == 130_272
+    assert count(m.audio_net.features) == 4_499_712
+    assert count(m.audio_net.embeddings) == 67_641_472
+    assert count(m.spatiotemp_net.transformer) == 528_640
+    assert count(m.spatiotemp_net.to_patch_embedding) + m.spatiotemp_net.pos_embedding.numel() == 264_713
+    assert count(m.fc) == 460_032
+    assert [count(d.temb), count(d.conv_in), count(d.down1), count(d.res_encoder)] == \
+        [185_088, 960, 83_040, 18_332_160]
+    assert [count(s) for s in dec.mid_stages] == [5_152_512, 5_388_672, 1_422_528, 425_568]
+    assert [count(dec.norm_mts), count(dec.redu_chan_up), count(dec.mt_proj), count(d.logits)] == \
+        [2_880, 5_529_600, 663_840, 97]
+    assert count(m) == 144_813_002
+    assert len(m.state_dict()) == 658
+
+
+def _small_config():
+    import dataclasses
+    from diffsal.config import AudioConfig
+    from diffsal.models.full import full_config
+    return dataclasses.replace(full_config(), input_size=(H, W), map_size=(H, W),
+                               audio=AudioConfig(slice_size=(H // 2, W // 2)))
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from diffsal.models.full import FullDiffSal
+    torch.manual_seed(0)
+    m = FullDiffSal(_small_config()).eval()
+    _randomize(m, seed=11)
+    return m
+
+
+@pytest.fixture(scope="module")
+def small_inputs():
+    g = torch.Generator().manual_seed(12)
+    return (torch.randn(1, 3, 16, H, W, generator=g), torch.randn(1, 1, 9, H // 2, W // 2, generator=g))
+
+
+class _Counting:
+    """Wraps a model and counts encoder/denoiser calls (same interface as an engine)."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+        self.calls = {"encode_video": 0, "encode_audio": 0, "denoise": 0}
+
+    def __getattr__(self, name):
+        fn = getattr(self.model, name)
+        if name in self.calls:
+            def counted(*a, **k):
+                self.calls[name] += 1
+                return fn(*a, **k)
+            return counted
+        return fn
+
+
+@torch.inference_mode()
+def test_cached_features_equal_recomputing_encoders_every_step(small_model, small_inputs):
+    from diffsal.diffusion import sample
+    from diffsal.inference import predict_window
+    video, audio = small_inputs
+    runner = _Counting(small_model)
+    cached = predict_window(runner, video, audio, "av", steps=4, generator=torch.Generator().manual_seed(5))
+    assert runner.calls == {"encode_video": 1, "encode_audio": 1, "denoise": 4}
+
+    def recompute(x_t, t):  # the official training-time forward: encoders on every call
+        return small_model.denoise(x_t, t, small_model.encode_video(video), small_model.encode_audio(audio))
+
+    reference = sample(recompute, (1, 1, H, W), 4, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(cached, reference, rtol=0, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_ddim_is_deterministic_given_a_seed_and_runs_any_step_count(small_model, small_inputs):
+    from diffsal.inference import encode_window, predict_from_features
+    video, audio = small_inputs
+    v, a = encode_window(small_model, video, audio, "av")
+    frozen = [x.clone() for x in v] + [a.clone()]
+    maps = {}
+    for steps in (1, 2, 4, 10):
+        runner = _Counting(small_model)
+        maps[steps] = predict_from_features(runner, v, a, 1, steps, generator=torch.Generator().manual_seed(9))
+        assert runner.calls["denoise"] == steps
+        assert maps[steps].shape == (1, 1, H, W)
+        assert ((maps[steps] >= 0) & (maps[steps] <= 1)).all()
+    again = predict_from_features(small_model, v, a, 1, 2, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(again, maps[2])
+    other = predict_from_features(small_model, v, a, 1, 2, generator=torch.Generator().manual_seed(10))
+    assert not torch.equal(other, maps[2])                      # AV mode: the noise matters
+    assert all(torch.equal(x, y) for x, y in zip(list(v) + [a], frozen))   # features never modified
+
+
+@torch.inference_mode()
+def test_modes_and_input_errors(small_model, small_inputs):
+    from diffsal.errors import SalstreamError
+    from diffsal.inference import predict_window
+    video, audio = small_inputs
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    v_only = predict_window(small_model, video, None, "video", steps=4, generator=g())
+    v_one = predict_window(small_model, video, None, "video", steps=1, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(v_only, v_one, rtol=0, atol=1e-6)  # §4.5: steps cannot change it
+    a_only = predict_window(small_model, None, audio, "audio", steps=2, generator=g())
+    assert a_only.shape == (1, 1, H, W) and not torch.allclose(a_only, v_only)
+    with pytest.raises(SalstreamError, match="neither"):
+        small_model.denoise(torch.zeros(1, 1, H, W), torch.tensor([0]), None, None)
+    with pytest.raises(SalstreamError, match="video has shape"):
+        small_model.encode_video(torch.zeros(1, 3, 8, H, W))
+    with pytest.raises(SalstreamError, match="multiples of 32"):
+        small_model.visual_net(torch.zeros(1, 3, 16, H + 8, W))
+    with pytest.raises(SalstreamError, match="audio has shape"):
+        small_model.encode_audio(torch.zeros(1, 1, 5, H // 2, W // 2))
+
+
+def test_registry_builds_the_full_profile():
+    from diffsal.registry import available_profiles, default_config
+    assert "full" in available_profiles()
+    cfg = default_config("full")
+    assert (cfg.frames, cfg.target_index, cfg.input_size, cfg.map_size, cfg.pixel_norm, cfg.default_steps) == \
+        (16, 8, (224, 384), (224, 384), "av", 4)
+    assert cfg.audio.slice_size == (112, 192) and not cfg.per_frame_video
+    with pytest.raises(ValueError, match="half of input_size"):
+        from diffsal.models.full import FullDiffSal
+        import dataclasses
+        FullDiffSal(dataclasses.replace(cfg, input_size=(64, 128), map_size=(64, 128)))
+
+
+# ================================================================ spec size (224×384)
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_spec_size_shapes_in_all_three_modes():
+    from diffsal.registry import create_model
+    torch.manual_seed(0)
+    model = create_model("full")
+    video = torch.randn(1, 3, 16, 224, 384)
+    audio = torch.randn(1, 1, 9, 112, 192)
+    v = model.encode_video(video)
+    assert [tuple(x.shape) for x in v] == [(1, 768, 8, 7, 12), (1, 384, 8, 14, 24), (1, 192, 8, 28, 48)]
+    a = model.encode_audio(audio)
+    assert a.shape == (1, 512, 9, 7, 12)
+    x_t = torch.randn(1, 1, 224, 384)
+    t = torch.tensor([750])
+    for vf, af in ((v, a), (v, None), (None, a)):
+        y = model.denoise(x_t, t, vf, af)
+        assert y.shape == (1, 1, 224, 384)
+        assert ((y > 0) & (y < 1)).all()

@@ -285,7 +285,12 @@ class MAMStage(nn.Module):
 
 
 class Readout(nn.Module):
-    """``redu_chan_up.i``: Conv3d (k, 1, 1) / stride (k, 1, 1), no bias, then ReLU."""
+    """``redu_chan_up.i``: Conv3d (k, 1, 1) / stride (k, 1, 1), no bias, then ReLU.
+
+    (B, C, S, H, W) -> (B, out, (S - k) // k + 1, H, W). When that is one slot, it is
+    run as a 1×1 Conv2d over the first k slots stacked into channels: the same sum,
+    but a kernel every runtime optimises (and slots ≥ k are never touched).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int):
         super().__init__()
@@ -295,7 +300,15 @@ class Readout(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        conv = self.proj[0]
+        k = conv.kernel_size[0]
+        b, c, s, h, w = x.shape
+        if not k <= s < 2 * k:
+            return self.proj(x)
+        # channel index c·k + j of the stacked input meets weight[:, c, j]
+        stacked = x[:, :, :k].reshape(b, c * k, h, w)
+        y = F.conv2d(stacked, conv.weight.reshape(conv.out_channels, c * k, 1, 1))
+        return torch.relu(y).unsqueeze(2)
 
 
 def _per_stage(value, n: int, name: str) -> list:
@@ -344,11 +357,13 @@ class MAMDecoder(nn.Module):
         n = len(self.mid_stages)
         size = (h * 2 ** n, w * 2 ** n)
         total = 0
+        # The readout collapses slots 0..k-1 into one; later slots need no readout norm.
+        read = self.readout_kernel if self.num_slots < 2 * self.readout_kernel else None
         for i, stage in enumerate(self.mid_stages):
             skip = stacks[i] if 0 < i < len(stacks) else None
             x = stage(x, skip, audio)
             # LayerNorm over channels per token, then collapse the slots and upsample.
-            y = self.norm_mts[i](x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+            y = self.norm_mts[i](x[:, :, :read].permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
             y = self.redu_chan_up[i](y).squeeze(2)
             total = total + F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return self.mt_proj(total)
