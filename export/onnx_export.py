@@ -50,29 +50,26 @@ def _batch_dynamic(args: Any, dim: Any) -> Any:
 
 def _export_graph(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
                   opset: int, external_data: bool, exporter: str) -> str:
-    """Write one graph; returns which exporter produced it."""
-    errors = []
-    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-    for kind in order:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if kind == "dynamo":
-                    dim = torch.export.Dim(BATCH_AXIS, min=1, max=1024)
-                    torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
-                                      input_names=input_names, output_names=output_names,
-                                      dynamic_shapes=_batch_dynamic(args, dim), external_data=external_data,
-                                      optimize=True, verbose=False)
-                else:
-                    flat = flatten_args(args)
-                    axes = {n: {0: BATCH_AXIS} for n in input_names + output_names}
-                    torch.onnx.export(FlatInputs(module, args), tuple(flat), str(path), dynamo=False,
-                                      opset_version=opset, input_names=input_names, output_names=output_names,
-                                      dynamic_axes=axes, do_constant_folding=True)
-            return kind
-        except Exception as exc:  # the next exporter may cope; all failures are reported together
-            errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    raise SalstreamError(f"could not export {path.name}: " + " | ".join(errors))
+    """Write one graph; returns the exporter used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                dim = torch.export.Dim(BATCH_AXIS, min=1, max=1024)
+                torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
+                                  input_names=input_names, output_names=output_names,
+                                  dynamic_shapes=_batch_dynamic(args, dim), external_data=external_data,
+                                  optimize=True, verbose=False)
+            else:
+                axes = {n: {0: BATCH_AXIS} for n in input_names + output_names}
+                torch.onnx.export(FlatInputs(module, args), tuple(flatten_args(args)), str(path), dynamo=False,
+                                  opset_version=opset, input_names=input_names, output_names=output_names,
+                                  dynamic_axes=axes, do_constant_folding=True)
+    except Exception as exc:  # one line naming the graph; the model code is what needs fixing
+        first = (str(exc).splitlines() or [""])[0]
+        raise SalstreamError(f"could not export {path.name} with the {exporter} exporter: "
+                             f"{type(exc).__name__}: {first}") from exc
+    return exporter
 
 
 def _specs_from(names: list[str], tensors: Sequence[torch.Tensor], onnx_values) -> list[TensorSpec]:
@@ -122,7 +119,7 @@ def _convert_fp16(path: Path, external_data: bool) -> None:
 @torch.no_grad()
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha256: Optional[str] = None,
                 modes: Iterable[str] = MODES, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                exporter: str = "auto", seed: int = 0) -> Manifest:
+                exporter: str = "dynamo", seed: int = 0) -> Manifest:
     """Export ``model``'s graphs into ``out_dir`` and write ``manifest.json`` last.
 
     ``fp16`` converts each exported FP32 graph to half precision inside (weights and
@@ -131,8 +128,10 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha2
     graph rather than the module keeps models whose code mixes dtypes (``t.float()``)
     exportable.
     """
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise ValueError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    # dynamo (torch.export) is the default: the legacy TorchScript exporter is deprecated and wrote an
+    # invalid Transpose (negative perm) for the lite audio mixer; it stays available as an option.
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"exporter must be dynamo or torchscript, got {exporter!r}")
     if opset < 17:
         raise SalstreamError(f"opset {opset} is too old: LayerNorm needs opset 17 or newer")
     modes = [check_mode(m) for m in dict.fromkeys(modes)]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import tiny_exports, tiny_model  # noqa: E402,F401  (tiny_exports: shared fixture)
 
 from diffsal.errors import SalstreamError  # noqa: E402
 from engines import create_engine  # noqa: E402
@@ -23,21 +23,9 @@ from export.onnx_export import export_onnx  # noqa: E402
 from export.parity import run_parity  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One export per tiny variant (per-frame like lite, per-clip like full), shared by the tests."""
-    out = {}
-    for per_frame in (True, False):
-        model = tiny_model(per_frame)
-        d = tmp_path_factory.mktemp(f"onnx_{'frame' if per_frame else 'clip'}")
-        export_onnx(model, d)
-        out[per_frame] = (model, d)
-    return out
-
-
 @pytest.mark.parametrize("per_frame", [True, False])
-def test_export_writes_every_graph_with_the_documented_names(exported, per_frame):
-    model, d = exported[per_frame]
+def test_export_writes_every_graph_with_the_documented_names(tiny_exports, per_frame):
+    model, d = tiny_exports[per_frame]
     m = read_manifest(d)
     assert set(m.graphs) == {"encode_video", "encode_audio", "denoise", "denoise_video", "denoise_audio"}
     assert m.modes == DENOISE_GRAPHS
@@ -55,8 +43,8 @@ def test_export_writes_every_graph_with_the_documented_names(exported, per_frame
 
 
 @pytest.mark.parametrize("per_frame", [True, False])
-def test_manifest_matches_the_graph_files(exported, per_frame):
-    _, d = exported[per_frame]
+def test_manifest_matches_the_graph_files(tiny_exports, per_frame):
+    _, d = tiny_exports[per_frame]
     m = read_manifest(d)
     for name, g in m.graphs.items():
         assert file_sha256(d / g.file) == g.sha256
@@ -74,8 +62,8 @@ def test_manifest_matches_the_graph_files(exported, per_frame):
             assert value.type == {"float32": "tensor(float)", "int64": "tensor(int64)"}[spec.dtype]
 
 
-def test_batch_axis_is_dynamic(exported):
-    model, d = exported[True]
+def test_batch_axis_is_dynamic(tiny_exports):
+    model, d = tiny_exports[True]
     m = read_manifest(d)
     sess = ort.InferenceSession(str(d / m.graphs["encode_video"].file), providers=["CPUExecutionProvider"])
     h, w = model.config.input_size
@@ -89,8 +77,8 @@ def test_batch_axis_is_dynamic(exported):
 
 
 @pytest.mark.parametrize("per_frame", [True, False])
-def test_parity_report_files_and_values(exported, per_frame):
-    model, d = exported[per_frame]
+def test_parity_report_files_and_values(tiny_exports, per_frame):
+    model, d = tiny_exports[per_frame]
     report = run_parity(model, d, steps=3, batch=2)
     assert report["pass"] is True
     assert set(report["maps"]) == {"av", "video", "audio"}
@@ -103,9 +91,9 @@ def test_parity_report_files_and_values(exported, per_frame):
     assert "| denoise_audio |" in md and "| av |" in md and "pass" in md
 
 
-def test_parity_report_detects_a_wrong_graph(exported, tmp_path):
+def test_parity_report_detects_a_wrong_graph(tiny_exports, tmp_path):
     """A graph exported from other weights, relabelled as this model's, must fail parity."""
-    model, d = exported[True]
+    model, d = tiny_exports[True]
     other = tiny_model(True, seed=7)
     export_onnx(other, tmp_path, modes=["video"])
     from engines.onnxruntime_engine import OrtEngine
@@ -121,8 +109,8 @@ def test_mode_subset_and_reexport_replace_the_manifest(tmp_path):
     assert read_manifest(tmp_path).modes == {"audio": "denoise_audio"}
 
 
-def test_bad_manifests_fail_clearly(exported, tmp_path):
-    _, d = exported[True]
+def test_bad_manifests_fail_clearly(tiny_exports, tmp_path):
+    _, d = tiny_exports[True]
     with pytest.raises(SalstreamError, match="no manifest.json"):
         read_manifest(tmp_path)
     (tmp_path / MANIFEST_NAME).write_text("{not json")
@@ -147,8 +135,8 @@ def test_fp16_export_is_half_precision_inside(tmp_path):
         create_engine("ort-cpu", model=model, artifacts=tmp_path)
 
 
-def test_exporting_over_a_previous_export_replaces_it(exported, tmp_path):
-    _, d = exported[True]
+def test_exporting_over_a_previous_export_replaces_it(tiny_exports, tmp_path):
+    _, d = tiny_exports[True]
     shutil.copytree(d, tmp_path / "x")
     other = tiny_model(True, seed=3)
     m = export_onnx(other, tmp_path / "x", modes=["video"])

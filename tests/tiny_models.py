@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,3 +80,16 @@ def tiny_model(per_frame: bool = True, seed: int = 0, profile: str = "tiny") -> 
     with torch.no_grad():  # larger output weights: maps that vary visibly with the inputs
         model.out.weight.mul_(20.0)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """Both tiny variants (per-frame like lite, per-clip like full) exported once per test session."""
+    from export.onnx_export import export_onnx
+    out = {}
+    for per_frame in (True, False):
+        model = tiny_model(per_frame)
+        d = tmp_path_factory.mktemp(f"onnx_{'frame' if per_frame else 'clip'}")
+        export_onnx(model, d)
+        out[per_frame] = (model, d)
+    return out
