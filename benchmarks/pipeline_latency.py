@@ -61,6 +61,7 @@ def main(argv=None) -> int:
                            engine=args.engine, steps=args.steps, hop=args.hop, threads=args.threads,
                            publish="tcp://127.0.0.1:*", duration=args.seconds, max_batch=args.max_batch,
                            batch_deadline_ms=args.batch_deadline_ms, wait_subscriber=60.0, send_frames=True)
+    load_start = os.getloadavg()
     pipe = Pipeline(opts)
     result: dict = {}
     th = threading.Thread(target=lambda: result.setdefault("summary", pipe.run()), daemon=True)
@@ -102,7 +103,10 @@ def main(argv=None) -> int:
         "stage_median_ms": stages,
         "modes": summary.modes,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    # other work on the machine slows every stage: keep the load with the figures
+                    "load_average_start": [round(x, 2) for x in load_start],
+                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
