@@ -162,32 +162,64 @@ class RunSummary:
 
 
 class _RecorderThread:
-    """Blends and encodes overlay frames off the scheduler's thread (bounded queue, drops counted)."""
+    """Records every frame of one stream with the newest map at or before it (sample and hold).
 
-    def __init__(self, recorder, maxsize: int = 64):
+    Frames wait (bounded) until a map for them or a later frame arrives, so the video
+    runs at the source's frame rate whatever the map rate: a frame whose window was
+    dropped shows the previous map, as a live viewer would have seen. Blending and
+    encoding run in this thread, off the scheduler's; overflow is counted, not blocked on.
+    """
+
+    def __init__(self, recorder, max_pending: int = 90, maxsize: int = 512):
         self.recorder = recorder
+        self.max_pending = max_pending
         self.dropped = 0
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="salstream-recorder", daemon=True)
         self._thread.start()
 
-    def put(self, item: tuple) -> None:
+    def frame(self, index: int, pts: float, image: np.ndarray) -> None:
+        self._put(("frame", index, pts, image))
+
+    def map(self, index: int, saliency: np.ndarray) -> None:
+        self._put(("map", index, saliency))
+
+    def _put(self, item: tuple) -> None:
         try:
             self._q.put_nowait(item)
         except queue.Full:
             self.dropped += 1
 
     def _run(self) -> None:
+        from collections import deque
+
         from .overlay import blend
+        pending: deque = deque()          # (index, pts, image) waiting for their map
+        held: Optional[np.ndarray] = None  # the newest map so far
+
+        def write(pts: float, image: np.ndarray, saliency: Optional[np.ndarray]) -> None:
+            try:
+                self.recorder.add_frame(image if saliency is None else blend(image, saliency), pts)
+            except Exception:  # a recording problem must not stop the maps
+                log.exception("overlay recording failed")
+
         while True:
             item = self._q.get()
             if item is None:
-                return
-            image, saliency, pts = item
-            try:
-                self.recorder.add_frame(blend(image, saliency), pts)
-            except Exception:  # a recording problem must not stop the maps
-                log.exception("overlay recording failed")
+                break
+            if item[0] == "frame":
+                pending.append(item[1:])
+                while len(pending) > self.max_pending:     # maps far behind: do not hoard frames
+                    _, pts, image = pending.popleft()
+                    write(pts, image, held)
+                continue
+            _, index, saliency = item
+            while pending and pending[0][0] <= index:
+                i, pts, image = pending.popleft()
+                write(pts, image, saliency if i == index else held)
+            held = saliency
+        for _, pts, image in pending:
+            write(pts, image, held)
 
     def close(self) -> None:
         self._q.put(None)
@@ -332,6 +364,8 @@ class Pipeline:
                     frames += 1
                     if self.opts.max_frames is not None and frames > self.opts.max_frames:
                         break
+                    if self._recorder is not None and sid == self._record_stream:
+                        self._recorder.frame(unit.index, unit.pts, unit.image)
                 elif isinstance(unit, AudioChunk):
                     if self._recorder is not None and sid == self._record_stream:
                         self._recorder.recorder.add_audio(unit.samples, unit.sample_index)
@@ -388,7 +422,7 @@ class Pipeline:
                 self._first_publish = h["publish_time"]
             self._last_publish = h["publish_time"]
         if self._recorder is not None and w.stream_id == self._record_stream:
-            self._recorder.put((w.image, res.saliency, w.target_pts))
+            self._recorder.map(w.target_index, res.saliency)
         if self._on_map is not None:
             self._on_map(h, res.saliency)
 

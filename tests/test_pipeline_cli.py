@@ -139,3 +139,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_recording_holds_the_newest_map_for_frames_without_one(tmp_path):
+    from streamer.pipeline import _RecorderThread
+
+    rec = _RecorderThread(OverlayRecorder(tmp_path / "hold.mp4", fps=10))
+    left = np.zeros((6, 8), np.float32)
+    left[:, :2] = 1.0
+    right = left[:, ::-1].copy()
+    frame = np.full((64, 96, 3), 90, np.uint8)
+    for i in range(10):
+        rec.frame(i, i / 10, frame)
+        if i == 0:
+            rec.map(0, left)
+        elif i == 4:
+            rec.map(4, right)               # windows 1–3 and 5–9 were dropped: no maps for them
+    rec.close()
+    with av.open(str(tmp_path / "hold.mp4")) as c:
+        imgs = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+    assert len(imgs) == 10                  # every frame is in the video, at the source rate
+    side = ["L" if np.abs(im[:, :24] - 90).mean() > np.abs(im[:, -24:] - 90).mean() else "R" for im in imgs]
+    assert side == ["L"] * 4 + ["R"] * 6
