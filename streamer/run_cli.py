@@ -18,8 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Read a live source (or several), predict a saliency map per frame window and publish "
                     "each map over ZeroMQ (wire format in the README). With no --source it runs the bundled "
                     f"demo clip and records the overlay to {DEMO_RECORD}. Ends when the sources end or on "
-                    "Ctrl-C, then prints a latency summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "Ctrl-C, then prints a latency summary.")
     p.add_argument("--source", action="append", default=None, metavar="SPEC",
                    help="media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]; repeat for several "
                         "streams (ids 0, 1, …) that share one engine (default: the bundled demo clip)")
@@ -27,20 +26,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="take the first stream's audio from a microphone (PyAudio device name or index; "
                         "needs the 'audio' extra); without a usable device the stream runs video-only")
     p.add_argument("--profile", default="lite", help="model profile: lite (CPU, causal) or full (published "
-                   "DiffSal, GPU)")
+                   "DiffSal, GPU); default: %(default)s")
     p.add_argument("--checkpoint", default=None, help="model weights (.safetensors); default: the bundled lite "
                    "weights when present, else an untrained model (with a warning)")
-    p.add_argument("--engine", default="torch", help="inference backend (torch; others as installed, e.g. "
-                   "onnxruntime)")
+    p.add_argument("--engine", default="torch", help="inference backend: torch, or an exported-graph engine such as "
+                   "ort-cpu (see engines/); default: %(default)s")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
     p.add_argument("--warm-start", type=int, default=None, metavar="T",
                    help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
                         "only the DDIM steps at or below T: fewer network calls, steadier maps (default: off)")
-    p.add_argument("--hop", type=int, default=1, help="one map every N frames (1: a map for every frame)")
+    p.add_argument("--hop", type=int, default=1, help="one map every N frames (default %(default)s: a map for every frame)")
     p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
-                   help="auto: audio-visual when the stream has audio, else video-only; or force one modality")
+                   help="auto (default): audio-visual when the stream has audio, else video-only; or force one "
+                        "modality")
     p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR",
-                   help="ZeroMQ address to bind (PUB); loopback only unless --allow-remote")
+                   help="ZeroMQ address to bind (PUB; default %(default)s); loopback only unless --allow-remote")
     p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface "
                    "(maps become visible to other machines)")
     p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
@@ -48,18 +48,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
     p.add_argument("--as-fast-as-possible", action="store_true",
                    help="read files without pacing them at their frame rate and map every window (offline run)")
-    p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call")
+    p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call (default %(default)s)")
     p.add_argument("--batch-deadline-ms", type=float, default=5.0,
-                   help="how long a ready window may wait for the other streams' windows to batch with")
+                   help="how long a ready window may wait for the other streams' windows to batch with "
+                        "(default %(default)s)")
     p.add_argument("--max-new-frames", type=int, default=4, metavar="N",
                    help="lite: when compute falls far behind, encode at most N new frames per window and reuse "
-                        "the nearest encoded frame for the rest (flag approx_frames); 0 = no cap")
+                        "the nearest encoded frame for the rest (flag approx_frames); 0 = no cap (default %(default)s)")
     p.add_argument("--audio-wait-ms", type=float, default=100.0,
-                   help="how long a window may wait for late audio before it runs video-only (flagged)")
+                   help="how long a window may wait for late audio before it runs video-only (flagged; "
+                        "default %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
     p.add_argument("--payload", default="float32", choices=("float32", "uint8"),
-                   help="map payload on the wire: little-endian float32 in [0,1] or uint8 0–255")
+                   help="map payload on the wire: little-endian float32 in [0,1] (default) or uint8 0–255")
     p.add_argument("--no-frames", action="store_true",
                    help="do not publish the JPEG frame previews (topic frame/<stream>) that `salstream view` "
                         "overlays")
@@ -67,7 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="wait up to S seconds for a first subscriber before reading the sources, so it "
                         "gets every map")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     p.set_defaults(func=run)
     return p

@@ -29,14 +29,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "view", help="show or record the overlay of a published map stream",
         description="Subscribe to `salstream run`'s maps and lay each heatmap over its frame: in a window "
-                    "(needs an OpenCV build with GUI), or with --record into an H.264 MP4.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("address", nargs="?", default=DEFAULT_ADDRESS, help="publisher address (tcp://HOST:PORT)")
+                    "(needs an OpenCV build with GUI), or with --record into an H.264 MP4.")
+    p.add_argument("address", nargs="?", default=DEFAULT_ADDRESS, help="publisher address (default %(default)s)")
     p.add_argument("--stream", default=None, help="stream id to show (default: the first one received)")
     p.add_argument("--record", default=None, metavar="PATH", help="write the overlay to this .mp4 instead of "
                    "showing a window")
-    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity at the most salient pixel")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the recording's time base")
+    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity at the most salient pixel (default %(default)s)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the recording's time base (default %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--max-maps", type=int, default=None, metavar="N", help="stop after N maps")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
