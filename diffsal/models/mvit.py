@@ -122,8 +122,8 @@ class MultiScaleAttention(nn.Module):
         rel_h = torch.einsum("bntyxc,ykc->bntyxk", rq, self._rel("rel_pos_h", qh, kh))
         rel_w = torch.einsum("bntyxc,xkc->bntyxk", rq, self._rel("rel_pos_w", qw, kw))
         bias = (rel_t[..., :, None, None] + rel_h[..., None, :, None] + rel_w[..., None, None, :])
-        grid = attn[:, :, 1:, 1:].unflatten(3, (kt, kh, kw)).unflatten(2, (qt, qh, qw))
-        grid += bias  # writes through the view into attn (a fresh matmul result)
+        bias = bias.reshape(b, self.num_heads, qt * qh * qw, kt * kh * kw)
+        attn = attn + F.pad(bias, (1, 0, 1, 0))  # zero bias in the class-token row and column
         attn = attn.softmax(dim=-1)
         out = attn @ v
         # Residual pooling: the pooled query is added back, class token excluded.
