@@ -25,6 +25,9 @@ Audio lag
     A window whose audio has not arrived waits at most ``audio_wait`` seconds (of the
     monotonic clock, from the moment it became due); then it is emitted video-only with
     ``flags["audio_lagging"]``. Windows go back to AV as soon as their audio is there.
+    Once no audio at all has arrived for ``audio_stall`` seconds while windows fall back
+    (a soundtrack that stopped), new windows stop waiting and go video-only at once, so
+    map latency does not carry the wait; the first audio to arrive ends that.
     Waiting windows are released by the next unit that arrives (a frame or audio chunk
     every few tens of ms on a live source) or by :meth:`WindowAssembler.poll`. A source
     without audio (``has_audio=False``) or after ``audio_lost`` gives video-only windows
@@ -72,6 +75,10 @@ class Window:
     due_time: float = 0.0               # monotonic time all its frames had arrived
     ready_time: float = 0.0             # monotonic time it was emitted (after any audio wait)
     flags: dict = field(default_factory=dict)
+    # Every source outage of this stream before the window's frames (oldest first), each
+    # {"from_pts": last PTS before it, "to_pts": first PTS after it, "reason": …}: the
+    # publisher marks the first map it sends after one (a window may be dropped).
+    gaps: tuple = ()
 
     @property
     def audio_end_pts(self) -> Optional[float]:
@@ -150,7 +157,8 @@ class WindowAssembler:
     def __init__(self, cfg: ModelConfig, stream_id: str = "0", *, hop: int = 1, has_audio: bool = True,
                  audio_wait: float = 0.1, mode: str = "auto",
                  preprocess: Optional[Callable[[np.ndarray, ModelConfig], torch.Tensor]] = None,
-                 clock: Callable[[], float] = time.monotonic, audio_seconds: float = 8.0):
+                 clock: Callable[[], float] = time.monotonic, audio_seconds: float = 8.0,
+                 audio_stall: float = 1.0):
         if hop < 1:
             raise SalstreamError(f"--hop {hop}: must be >= 1 (1 = a map for every frame)")
         if mode not in MODE_CHOICES:
@@ -167,6 +175,7 @@ class WindowAssembler:
         self.hop = int(hop)
         self.has_audio = bool(has_audio)
         self.audio_wait = float(audio_wait)
+        self.audio_stall = float(audio_stall)
         self.mode = mode
         self._preprocess = preprocess
         self._clock = clock
@@ -180,6 +189,10 @@ class WindowAssembler:
         self._audio_live = self.has_audio
         self._pending: list[Window] = []
         self.lagging = False          # last emitted window fell back to video-only because audio lagged
+        self._lag_since = 0.0         # clock when lagging began
+        self._last_audio = -float("inf")   # clock when the last audio chunk arrived
+        self.gaps: tuple = ()         # outages so far (see Window.gaps); replaced, never mutated
+        self._open_gap: Optional[dict] = None   # reported by the source, waiting for its first frame
         self.emitted = 0
         self.lagged_windows = 0
         self.ended = False
@@ -204,7 +217,8 @@ class WindowAssembler:
         while self._pending:
             w = self._pending[0]
             if w.mode == "av" and not self._audio_ready(w):
-                if self._audio_live and not self.ended and now - w.due_time < self.audio_wait:
+                if (self._audio_live and not self.ended and now - w.due_time < self.audio_wait
+                        and not self._audio_stalled(now)):
                     break                          # keep order: later windows wait behind it
                 self._fall_back(w)
             else:
@@ -216,6 +230,9 @@ class WindowAssembler:
         return out
 
     def _add_frame(self, f: VideoFrame) -> None:
+        if self._open_gap is not None:        # the first frame after an outage closes its PTS range
+            self.gaps = self.gaps + (dict(self._open_gap, to_pts=float(f.pts)),)
+            self._open_gap = None
         if self._first_index is None:
             self._first_index = f.index
         tensor = self._preprocess(f.image, self.cfg)
@@ -226,11 +243,15 @@ class WindowAssembler:
         if target >= self._first_index and target % self.hop == 0 and target in self._frames:
             self._pending.append(self._make_window(target))
 
+    def _audio_stalled(self, now: float) -> bool:
+        return self.lagging and now - max(self._lag_since, self._last_audio) >= self.audio_stall
+
     def _add_audio(self, c: AudioChunk) -> None:
         if c.sample_rate != AUDIO_RATE:
             raise SalstreamError(f"stream {self.stream_id}: audio chunk at {c.sample_rate} Hz; sources must "
                                  f"resample to {AUDIO_RATE} Hz")
         self._ring.write(int(c.sample_index), np.asarray(c.samples, np.float32).reshape(-1))
+        self._last_audio = self._clock()
 
     def _event(self, e: StreamEvent) -> None:
         if e.kind == "audio_lost":
@@ -239,6 +260,8 @@ class WindowAssembler:
             self._audio_live = True
         elif e.kind == "gap":
             # A reconnect: history from before it must not leak into new windows.
+            if self._open_gap is None:
+                self._open_gap = {"from_pts": e.detail.get("from_pts", e.pts), "reason": e.detail.get("reason")}
             self._frames.clear()
             self._slices.clear()
             self._first_index = None
@@ -271,7 +294,7 @@ class WindowAssembler:
         now = self._clock()
         w = Window(stream_id=self.stream_id, target_index=target, target_pts=tf.pts, target_capture=tf.capture,
                    image=tf.image, frame_indices=indices, frame_pts=pts, frames=frames,
-                   mode=self._mode_for_new_window(), due_time=now)
+                   mode=self._mode_for_new_window(), due_time=now, gaps=self.gaps)
         if warmup:
             w.flags["warmup"] = True
         if w.mode == "video" and self.mode == "auto" and self.has_audio:
@@ -319,6 +342,7 @@ class WindowAssembler:
         self.lagged_windows += 1
         if not self.lagging:
             self.lagging = True
+            self._lag_since = self._clock()
             log.info("stream %s: audio is late; windows go video-only until it catches up", self.stream_id)
 
     def _fill_audio(self, w: Window) -> None:

@@ -4,10 +4,14 @@
 map's media PTS (so dropped windows become held frames, not a time warp) and,
 when given, the source audio as AAC on the same clock. ``close()`` finalises the
 file (trailer written) and is safe to call twice and from a signal-driven shutdown.
+Until then it is written under a hidden ``.NAME.partial`` name beside the target, so
+the target path never holds a half-written file; a recording without frames is
+removed instead of being finalised.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +24,8 @@ import numpy as np
 from diffsal.errors import SalstreamError
 
 log = logging.getLogger("salstream.overlay")
+
+_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
 
 def heatmap(saliency: np.ndarray, size: tuple[int, int], normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +63,13 @@ class OverlayRecorder:
     def __init__(self, path: str | Path, fps: float = 30.0, *, audio_rate: Optional[int] = None,
                  max_side: int = 960, crf: int = 23, preset: str = "veryfast"):
         self.path = Path(path)
-        if self.path.suffix.lower() not in (".mp4", ".mov", ".mkv"):
+        if self.path.suffix.lower() not in _FORMATS:
             raise SalstreamError(f"--record {path}: use a .mp4 (or .mkv/.mov) file name")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SalstreamError(f"--record {path}: cannot create its folder ({exc})") from None
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self._tb = Fraction(round(self.fps * 1000), 1000).limit_denominator(100000)
         self.max_side = int(max_side)
@@ -67,7 +77,7 @@ class OverlayRecorder:
         self._audio_rate = audio_rate
         self._lock = threading.Lock()
         try:
-            self._container = av.open(str(self.path), "w")
+            self._container = av.open(str(self.partial), "w", format=_FORMATS[self.path.suffix.lower()])
         except (OSError, av.error.FFmpegError) as exc:
             raise SalstreamError(f"--record {path}: cannot create the file ({exc})") from None
         self._video = None
@@ -140,21 +150,35 @@ class OverlayRecorder:
         for p in packets:
             self._container.mux(p)
 
-    def close(self) -> None:
-        """Flush the encoders and write the trailer (a playable file); idempotent."""
+    def close(self, discard: bool = False) -> None:
+        """Flush the encoders, write the trailer and move the file into place; idempotent.
+
+        Without any frame, or with ``discard``, nothing is left behind (no file, no partial one).
+        """
         with self._lock:
             if self.closed:
                 return
             self.closed = True
+            done = False
             try:
                 if self._video is not None:
                     self._mux(self._video.encode(None))
-                if self._audio is not None and self.audio_samples:
+                if self._audio is not None and self.audio_samples and self._video is not None:
                     self._mux(self._held + list(self._audio.encode(None)))
+                done = True
             finally:
-                self._container.close()
-            if self._video is None:
-                log.warning("%s: no maps were recorded", self.path)
+                try:
+                    self._container.close()
+                except (OSError, av.error.FFmpegError):
+                    done = False
+                if done and self.frames and not discard:
+                    os.replace(self.partial, self.path)
+                else:
+                    self.partial.unlink(missing_ok=True)
+            if discard:
+                log.info("%s: recording discarded", self.path)
+            elif not self.frames:
+                log.warning("%s: no frames were recorded, so no file was written", self.path)
 
     def __enter__(self) -> "OverlayRecorder":
         return self

@@ -43,6 +43,7 @@ class PipelineOptions:
     profile: str = "lite"
     checkpoint: Optional[str] = None
     engine: str = "torch"
+    artifacts: Optional[str] = None  # exported graphs for the ort-* engines (default: export and cache)
     steps: Optional[int] = None
     hop: int = 1
     publish: str = DEFAULT_ADDRESS
@@ -87,12 +88,19 @@ class PipelineOptions:
             raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
         if self.wait_subscriber < 0:
             raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds")
+        if self.record is not None and Path(self.record).suffix.lower() not in (".mp4", ".mov", ".mkv"):
+            raise SalstreamError(f"--record {self.record}: use a .mp4 (or .mkv/.mov) file name")
         if self.payload_dtype not in wire.PAYLOAD_DTYPES:
             raise SalstreamError(f"--payload {self.payload_dtype}: choose one of {', '.join(wire.PAYLOAD_DTYPES)}")
 
 
-def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: Optional[int] = None):
-    """The engine for ``profile``: the given checkpoint, else the bundled lite weights, else untrained."""
+def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: Optional[int] = None,
+                artifacts: Optional[str] = None):
+    """The engine for ``profile``: the given checkpoint, else the bundled lite weights, else untrained.
+
+    ``artifacts``: a ``salstream export`` directory for the exported-graph engines; they
+    refuse graphs of another checkpoint, profile or set of weights.
+    """
     from diffsal.checkpoint import load_model
     from diffsal.registry import available_profiles, create_model
     from engines import available_engines, create_engine
@@ -101,6 +109,12 @@ def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: O
         raise SalstreamError(f"--profile {profile}: choose one of {', '.join(available_profiles())}")
     if engine not in available_engines():
         raise SalstreamError(f"--engine {engine}: choose one of {', '.join(available_engines())}")
+    if artifacts is not None and engine in ("torch", "torch-cuda"):
+        raise SalstreamError(f"--artifacts {artifacts}: exported graphs run on an exported-graph engine; "
+                             "add --engine ort-cpu (or another ort-*/tensorrt engine), or drop --artifacts")
+    if artifacts is not None and not Path(artifacts).is_dir():
+        raise SalstreamError(f"--artifacts {artifacts}: no such directory; give the folder `salstream export` "
+                             "wrote, or drop --artifacts to export on the fly")
     path = checkpoint
     if path is None and profile == "lite" and DEFAULT_CHECKPOINT.is_file():
         path = str(DEFAULT_CHECKPOINT)
@@ -111,7 +125,8 @@ def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: O
         model = create_model(profile)
         log.warning("no trained weights for the %s profile (pass --checkpoint): running an UNTRAINED model, "
                     "so the maps are noise until trained weights are present", profile)
-    eng = create_engine(engine, model=model, checkpoint=path, threads=threads)
+    extra = {"artifacts": artifacts, "profile": profile} if artifacts is not None else {}
+    eng = create_engine(engine, model=model, checkpoint=path, threads=threads, **extra)
     return eng, path
 
 
@@ -130,6 +145,8 @@ class RunSummary:
     per_stream: dict[str, int]
     record: Optional[str] = None
     overlay_frames: int = 0
+    source_errors: list[str] = field(default_factory=list)   # streams that ended because their input failed
+    gaps: int = 0                                             # source outages (reconnects) over all streams
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -155,9 +172,14 @@ class RunSummary:
         lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in sorted(self.modes.items()))
                      + (f" (video-only because audio lagged: {self.lagging_windows})" if self.lagging_windows else "")
                      + "; batch sizes: " + ", ".join(f"{b}×{n}" for b, n in sorted(self.batch_sizes.items())))
+        if self.gaps:
+            lines.append(f"source outages: {self.gaps} (maps after each are marked with flags.gap)")
         if self.record:
-            lines.append(f"overlay: {self.record} ({self.overlay_frames} frames"
-                         + (f", {self.overlay_dropped} skipped" if self.overlay_dropped else "") + ")")
+            if self.overlay_frames:
+                lines.append(f"overlay: {self.record} ({self.overlay_frames} frames"
+                             + (f", {self.overlay_dropped} skipped" if self.overlay_dropped else "") + ")")
+            else:
+                lines.append(f"overlay: nothing recorded (no frames), {self.record} not written")
         return "\n".join(lines)
 
 
@@ -174,6 +196,7 @@ class _RecorderThread:
         self.recorder = recorder
         self.max_pending = max_pending
         self.dropped = 0
+        self.maps = 0          # maps handed over (frames can be recorded without any)
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="salstream-recorder", daemon=True)
         self._thread.start()
@@ -182,6 +205,7 @@ class _RecorderThread:
         self._put(("frame", index, pts, image))
 
     def map(self, index: int, saliency: np.ndarray) -> None:
+        self.maps += 1
         self._put(("map", index, saliency))
 
     def _put(self, item: tuple) -> None:
@@ -221,10 +245,10 @@ class _RecorderThread:
         for _, pts, image in pending:
             write(pts, image, held)
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
         self._q.put(None)
         self._thread.join()
-        self.recorder.close()
+        self.recorder.close(discard=discard)
 
 
 class Pipeline:
@@ -252,6 +276,8 @@ class Pipeline:
         self._modes: dict[str, int] = {}
         self._per_stream: dict[str, int] = {}
         self._first_publish: Optional[float] = None
+        self._source_errors: list[str] = []
+        self._gaps_reported: dict[str, int] = {}   # per stream: outages already marked on a published map
         self._last_publish: Optional[float] = None
         self.endpoint: Optional[str] = None
         self.bound = threading.Event()     # set once the socket is bound (``endpoint`` is known)
@@ -283,6 +309,7 @@ class Pipeline:
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
         o = self.opts
+        failed = False
         # Bind first: a busy address fails at once, before seconds of model loading.
         self.publisher = Publisher(o.publish, allow_remote=o.allow_remote, hwm=o.hwm, payload_dtype=o.payload_dtype)
         self.endpoint = self.publisher.endpoint
@@ -291,7 +318,7 @@ class Pipeline:
             # Sources next: a mistyped input fails before the model loads too.
             self._sources = self._open_sources()
             if self._engine is None:
-                self._engine, _ = load_engine(o.profile, o.checkpoint, o.engine, o.threads)
+                self._engine, _ = load_engine(o.profile, o.checkpoint, o.engine, o.threads, o.artifacts)
             engine = self._engine
             ids = [s.stream_id for s in self._sources]
             if len(set(ids)) != len(ids):
@@ -338,6 +365,9 @@ class Pipeline:
             if self.scheduler.error is not None:
                 raise self.scheduler.error
             seconds = time.monotonic() - t_start
+        except BaseException:
+            failed = True
+            raise
         finally:
             self._stop.set()
             for s in self._sources or []:
@@ -345,7 +375,8 @@ class Pipeline:
             if self.scheduler is not None:
                 self.scheduler.close(drain=False, timeout=10)
             if self._recorder is not None:
-                self._recorder.close()
+                # A run that failed before any map reached the recording leaves no file behind.
+                self._recorder.close(discard=failed and self._recorder.maps == 0)
             self.publisher.close()
         return self._summary(seconds)
 
@@ -382,10 +413,12 @@ class Pipeline:
                 sched.submit(w, block=lossless)
             sched.end_stream(sid)
 
-    @staticmethod
-    def _log_event(e: StreamEvent) -> None:
+    def _log_event(self, e: StreamEvent) -> None:
         if e.kind == "error":
-            log.error("stream %s: %s", e.stream_id, e.detail.get("message", e.detail))
+            message = str(e.detail.get("message", e.detail))
+            with self._lock:
+                self._source_errors.append(f"stream {e.stream_id}: {message}")
+            log.error("stream %s: %s", e.stream_id, message)
         elif e.kind in ("gap", "audio_lost", "audio_back"):
             log.warning("stream %s: %s %s", e.stream_id, e.kind, e.detail or "")
 
@@ -398,6 +431,13 @@ class Pipeline:
         if o.send_frames:
             pub.send_frame(w.stream_id, w.target_index, w.target_pts, w.target_capture, w.image)
         flags = {k: v for k, v in w.flags.items() if v}
+        # The first map published after a source outage carries it (its window's own may
+        # have been dropped): flags.gap plus each missing PTS range, exclusive at both ends.
+        reported = self._gaps_reported.get(w.stream_id, 0)
+        new_gaps = [dict(g) for g in w.gaps[reported:]]
+        if new_gaps:
+            flags["gap"] = True
+            self._gaps_reported[w.stream_id] = len(w.gaps)
         header = {
             "stream": w.stream_id, "frame_index": w.target_index, "pts": w.target_pts,
             "capture_time": w.target_capture, "mode": w.mode, "latency_ms": res.latency_ms,
@@ -407,6 +447,8 @@ class Pipeline:
             "window": {"frames": len(w.frame_indices), "first_frame": w.frame_indices[0],
                        "audio_end_pts": w.audio_end_pts},
         }
+        if new_gaps:
+            header["gaps"] = new_gaps
         h = pub.publish_map(header, res.saliency, started=started)
         total = (h["publish_time"] - w.target_capture) * 1000.0
         with self._lock:
@@ -435,4 +477,5 @@ class Pipeline:
             overlay_dropped=self._recorder.dropped if self._recorder else 0, modes=dict(self._modes),
             lagging_windows=sum(a.lagged_windows for a in self.assemblers.values()),
             batch_sizes=dict(sched.batch_sizes), per_stream=dict(self._per_stream),
-            record=self.opts.record, overlay_frames=self._recorder.recorder.frames if self._recorder else 0)
+            record=self.opts.record, overlay_frames=self._recorder.recorder.frames if self._recorder else 0,
+            source_errors=list(self._source_errors), gaps=sum(len(a.gaps) for a in self.assemblers.values()))

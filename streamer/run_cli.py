@@ -31,6 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "weights when present, else an untrained model (with a warning)")
     p.add_argument("--engine", default="torch", help="inference backend: torch, or an exported-graph engine such as "
                    "ort-cpu (see engines/); default: %(default)s")
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="graphs written by `salstream export` for an exported-graph engine (--engine ort-cpu, …); "
+                        "they must come from the same checkpoint (default: export once and cache)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
     p.add_argument("--warm-start", type=int, default=None, metavar="T",
                    help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
@@ -85,7 +88,7 @@ def options_from_args(args: argparse.Namespace):
         record = None
     return PipelineOptions(
         sources=list(args.source or []), mic=args.mic, profile=args.profile, checkpoint=args.checkpoint,
-        engine=args.engine, steps=args.steps, hop=args.hop, publish=args.publish, allow_remote=args.allow_remote,
+        engine=args.engine, artifacts=args.artifacts, steps=args.steps, hop=args.hop, publish=args.publish, allow_remote=args.allow_remote,
         record=record, paced=not args.as_fast_as_possible, max_batch=args.max_batch,
         batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
@@ -119,4 +122,9 @@ def run(args: argparse.Namespace) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     print(summary.format())
+    if summary.source_errors and not stopping.is_set():
+        # The input failed (camera gone for good, unreadable file): say so once per stream, exit 1.
+        for message in summary.source_errors:
+            print(f"salstream run: error: {message}", file=sys.stderr)
+        return 1
     return 0

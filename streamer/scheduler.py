@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from diffsal.errors import SalstreamError
 from diffsal.inference import predict_from_features
 from diffsal.models.base import stack_time
 
@@ -230,7 +231,10 @@ class Scheduler:
                     self._process(group, mode)
         except BaseException as exc:  # surfaced by the pipeline, which stops the run
             self.error = exc
-            log.exception("scheduler stopped by an error")
+            if isinstance(exc, SalstreamError):   # a known problem: the caller reports it in one line
+                log.debug("scheduler stopped: %s", exc)
+            else:
+                log.exception("scheduler stopped by an error")
 
     @torch.inference_mode()
     def _process(self, windows: list[Window], mode: str) -> None:

@@ -25,10 +25,15 @@ class Subscriber:
 
     ``streams``: stream ids to receive (``None``: all). ``frames``: also receive the
     ``frame/<stream>`` previews. ``hwm``: messages queued here before ZeroMQ drops.
+    ``max_message_bytes``: ZeroMQ drops the connection of a peer that sends a larger
+    message part instead of buffering it (default: the largest part the wire format
+    allows), so a hostile or broken publisher cannot make this process allocate
+    without bound; sizes inside a message are checked by :func:`streamer.wire.decode`.
     """
 
     def __init__(self, address: str, streams: Optional[Iterable[str]] = None, *, frames: bool = False,
-                 hwm: int = 64, context: Optional[zmq.Context] = None):
+                 hwm: int = 64, context: Optional[zmq.Context] = None,
+                 max_message_bytes: int = wire.MAX_MESSAGE_PART_BYTES):
         self.address = address
         self.streams = None if streams is None else {str(s) for s in streams}
         self.frames = frames
@@ -36,6 +41,7 @@ class Subscriber:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
         if self.streams is None:
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         else:

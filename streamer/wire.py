@@ -12,7 +12,13 @@ Every message is three ZeroMQ frames (one multipart message)::
     know. ZeroMQ subscriptions match by prefix, so a subscriber compares the topic
     exactly after receiving.
 ``header``
-    UTF-8 JSON object (at most :data:`MAX_HEADER_BYTES`), see :func:`map_header`.
+    UTF-8 JSON object (at most :data:`MAX_HEADER_BYTES`); a map's keys are
+    :data:`MAP_FIELDS`. ``flags`` holds only the conditions that apply, e.g.
+    ``warmup`` (window padded at the stream start), ``audio_lagging`` (run video-only
+    because the audio was late or stopped), ``audio_lost``, ``approx_frames``,
+    ``warm_start``, and ``gap``: the first map published after a source outage, whose
+    header then also has ``gaps``, a list of ``{"from_pts", "to_pts", "reason"}``
+    (no frames exist strictly between the two PTS).
 ``payload``
     map: the map as a C-order array of ``header["shape"]`` (rows, columns) in
     ``header["dtype"]``: ``"float32"`` little-endian in [0, 1], or ``"uint8"``
@@ -39,6 +45,8 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 8192                       # refuse absurd shapes before allocating anything
 FRAME_TOPIC_PREFIX = "frame/"
 PAYLOAD_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+# The largest single message part this format can hold (a MAX_SIDE² float32 map).
+MAX_MESSAGE_PART_BYTES = MAX_SIDE * MAX_SIDE * 4
 
 # Header keys every map carries (documented in the README's wire-format section).
 MAP_FIELDS = ("version", "kind", "stream", "seq", "frame_index", "pts", "capture_time", "publish_time",

@@ -75,8 +75,15 @@ class PyAVSource(Source):
             container.close()
             raise SalstreamError(f"source {_redact(self.url)!r} has no video track; salstream needs video "
                                  "(give a file or stream with a picture)")
+        if video.codec_context is None:   # demuxed fine, but this FFmpeg build has no decoder for it
+            container.close()
+            raise SalstreamError(f"source {_redact(self.url)!r}: unsupported video codec (this FFmpeg build "
+                                 "has no decoder for it); re-encode it to H.264, e.g. "
+                                 "ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
         fps = native_fps(video.average_rate or video.guessed_rate or video.base_rate)
-        has_audio = bool(container.streams.audio)
+        has_audio = _audio_stream(container) is not None
+        if container.streams.audio and not has_audio:
+            log.warning("source %s: its audio codec has no decoder here; running video-only", _redact(self.url))
         if live is None:
             live = self.scheme in ("rtsp", "rtsps") or (self.network and container.duration is None)
         self.live = bool(live)
@@ -129,7 +136,7 @@ class PyAVSource(Source):
         had_audio = self.has_audio
         offset = 0.0
         while container is not None and not self.closed:
-            session_audio = bool(container.streams.audio)
+            session_audio = _audio_stream(container) is not None
             if session_audio != had_audio:
                 yield self.event("audio_back" if session_audio else "audio_lost", self._last_pts,
                                  reason="reconnected stream has an audio track" if session_audio
@@ -190,7 +197,7 @@ class PyAVSource(Source):
     def _decoded(self, container: av.container.InputContainer, offset: float) -> Iterator[tuple[float, object]]:
         """(pts, unit-without-capture-time) in decode order for one session."""
         video = container.streams.video[0]
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = _audio_stream(container)
         if not self.live:
             video.thread_type = "AUTO"  # frame threads add latency: only for files
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.sample_rate) if audio else None
@@ -289,6 +296,11 @@ class PyAVSource(Source):
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def _audio_stream(container: av.container.InputContainer):
+    """The first audio track this FFmpeg build can decode, or None."""
+    return next((a for a in container.streams.audio if a.codec_context is not None), None)
 
 
 def native_fps(rate: Fraction | float | None) -> float:
