@@ -410,3 +410,28 @@ def test_subscriber_checks_sizes_before_allocating():
 def json_header(parts: list[bytes]) -> dict:
     import json
     return json.loads(parts[1])
+
+
+# --------------------------------------------------------------------------- soak
+def test_short_soak_keeps_its_invariants(tmp_path):
+    out = tmp_path / "soak"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--seconds", "15", "--small",
+                           "--threads", "1", "--sample-s", "1", "--churn-s", "3", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    report = json.loads((out / "soak.json").read_text())
+    assert (out / "soak.png").stat().st_size > 10_000
+    assert report["ok"] and not report["full_mode"]
+    assert set(report["checks"]) == {"no_python_thread_leak", "no_socket_leak", "no_fd_leak", "maps_flowed"}
+    assert report["threads"]["leaked"] == [] and report["threads"]["python_after"] == report["threads"]["python_before"]
+    assert report["fds"]["sockets_after"] == report["fds"]["sockets_before"]
+    assert report["fds"]["after"] <= report["fds"]["before"]
+    assert report["maps"] > 10 and report["missed_by_subscriber"] == 0
+    assert report["churn_subscribers"]["joins"] >= 2
+    # Short runs report the RSS growth and the latency drift without asserting them.
+    assert report["rss_mb"]["asserted"] is False and report["rss_mb"]["after_warmup"] > 0
+    assert report["latency_capture_to_publish_ms"]["p95_first_third"] is not None
+    samples = report["samples"]
+    assert len(samples) >= 12 and max(s["sockets"] for s in samples) > report["fds"]["sockets_before"]
