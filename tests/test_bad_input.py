@@ -159,3 +159,24 @@ def test_model_and_engine_input_checks_name_the_input(engine, files):
     ort = create_engine("ort-cpu", model=tiny_model(True, seed=0), artifacts=files["graphs"])
     with pytest.raises(SalstreamError, match="input 'video' has shape"):
         ort.encode_video(torch.randn(1, 3, 40, 40))
+
+
+def _open_paths() -> list[str]:
+    import os
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def test_inputs_opened_before_a_later_error_are_closed(files, capsys):
+    # The source opens (the file is held open by the demuxer), then the checkpoint is bad:
+    # the run must not leave the input open behind it.
+    clip = str(files["clip"].resolve())
+    code = cli.main(["run", "--source", clip, "--checkpoint", str(files["corrupt"]), "--publish",
+                     "tcp://127.0.0.1:*", "--no-record"])
+    assert code == 2 and "corrupt.safetensors" in capsys.readouterr().err
+    assert clip not in _open_paths()

@@ -52,24 +52,38 @@ class Source(ABC):
         self.sample_rate = int(sample_rate)
         self._stop = threading.Event()
         self._iterated = False
+        self._released = False            # freed by close() before any iteration
+        self._state = threading.Lock()
 
     # ------------------------------------------------------------------ public API
     def __iter__(self) -> Iterator[Unit]:
-        if self._iterated:
-            raise RuntimeError(f"{self.description or type(self).__name__}: a source can be iterated only once")
-        self._iterated = True
-        try:
-            yield from self._units()
-        except Exception as exc:  # a source never takes the pipeline down: report, then end
-            log.exception("%s: stopped by an unexpected error", self.description)
-            yield self.event("error", message=f"{self.description}: {type(exc).__name__}: {exc}")
-        finally:
-            self._release()
+        with self._state:
+            if self._iterated:
+                raise RuntimeError(f"{self.description or type(self).__name__}: a source can be iterated only once")
+            self._iterated = True
+            released = self._released
+        if not released:
+            try:
+                yield from self._units()
+            except Exception as exc:  # a source never takes the pipeline down: report, then end
+                log.exception("%s: stopped by an unexpected error", self.description)
+                yield self.event("error", message=f"{self.description}: {type(exc).__name__}: {exc}")
+            finally:
+                self._release()
         yield self.event("end")
 
     def close(self) -> None:
-        """Ask the iteration to stop (thread-safe, returns at once)."""
+        """Ask the iteration to stop (thread-safe, returns at once).
+
+        A source that was never iterated frees its device or connection here, since no
+        iteration will (e.g. a run that failed after opening its inputs).
+        """
         self._stop.set()
+        with self._state:
+            unused = not self._iterated and not self._released
+            self._released = True if unused else self._released
+        if unused:
+            self._release()
 
     @property
     def closed(self) -> bool:
