@@ -12,7 +12,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import av
 import numpy as np
@@ -235,7 +235,7 @@ def test_late_subscriber_gets_current_maps_and_a_dead_one_never_blocks(engine):
     summary = run.finish()
     # Current maps, not a backlog: captured just before the join, well into the stream.
     assert first.header["capture_time"] > joined - 1.0
-    assert first.frame_index >= 15 and first.header["seq"] >= 10
+    assert first.frame_index >= 15 and first.header["seq"] >= 5
     assert missed == 0, "this subscriber reads promptly, so it misses nothing"
     seqs = [m.header["seq"] for m in maps]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
@@ -313,21 +313,27 @@ def test_signal_during_a_live_rtsp_run_exits_0_playable_and_leak_free(sig, strea
     threads_before = set(threading.enumerate())
     sockets_before = _socket_fds()
     seen: dict[str, int] = {}
+    returned = threading.Event()             # the run ended by itself: nobody to signal any more
 
     def subscribe_then_signal() -> None:
         try:
             with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
                 deadline = time.monotonic() + 120
-                while time.monotonic() < deadline and (len(seen) < streams or min(seen.values()) < 3):
+                while (time.monotonic() < deadline and not returned.is_set()
+                       and (len(seen) < streams or min(seen.values()) < 3)):
                     m = sub.recv_map(timeout=0.5)
                     if m is not None:
                         seen[m.stream] = seen.get(m.stream, 0) + 1
         finally:
-            os.kill(os.getpid(), sig)        # delivered to the main thread, inside `salstream run`
+            if not returned.is_set():
+                os.kill(os.getpid(), sig)    # delivered to the main thread, inside `salstream run`
     helper = threading.Thread(target=subscribe_then_signal, name="test-signaller")
     try:
         helper.start()
-        code = cli.main(argv)
+        try:
+            code = cli.main(argv)
+        finally:
+            returned.set()
         helper.join(30)
         out, err = capsys.readouterr()
         assert len(seen) == streams and min(seen.values()) >= 3, (seen, err[-2000:])
