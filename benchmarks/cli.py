@@ -7,8 +7,9 @@
     salstream bench --subscribe tcp://127.0.0.1:5556 --seconds 30   # measure any running publisher
 
 Each run writes ``bench.json``, ``summary.md`` and PNG plots into a new directory under
-``--out``; a non-quick run that measures the model and the pipeline also regenerates the
-README performance table (``benchmarks/results/README-performance.md``).
+``--out``; a non-quick run also regenerates the README performance table
+(``benchmarks/results/README-performance.md``), taking a part it left out (``--skip-model``)
+from the newest earlier run that has it.
 Also runnable as ``python -m benchmarks.cli`` from the repository root.
 """
 from __future__ import annotations
@@ -53,8 +54,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="full profile at 1/2/4/8 steps with more repetitions, on ort-cpu too, with warm start")
     g.add_argument("--out", default=str(DEFAULT_OUT), help="results root; each run gets its own directory (default %(default)s)")
     g.add_argument("--readme-table", default=None,
-                   help=f"where to write the README performance table (default: {README_TABLE} for a non-quick run "
-                        "with model and pipeline parts)")
+                   help=f"where to write the README performance table (default: {README_TABLE} for a non-quick run; "
+                        "a part this run left out comes from the newest earlier run that has it)")
     g.add_argument("--no-readme-table", action="store_true", help="do not write the README table")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the engines (default: physical cores)")
     g.add_argument("--skip-model", action="store_true", help="leave out the model-level part")
@@ -81,6 +82,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--scaling-seconds", type=float, default=None, help="length of each multi-stream run (default 10)")
     q.add_argument("--source", default="synthetic", help="source spec for every stream (default: synthetic, pre-rendered)")
     q.add_argument("--pipeline-steps", type=int, default=None, help="DDIM steps in the pipeline (default: the profile's)")
+    q.add_argument("--no-frames", action="store_true",
+                   help="do not publish frame previews (salstream run sends them by default; they cost a JPEG encode)")
+
+    r = p.add_argument_group("re-render")
+    r.add_argument("--render", metavar="RUN_DIR", default=None,
+                   help="only rewrite summary.md, the plots and the README table from RUN_DIR/bench.json")
 
     s = p.add_argument_group("subscriber mode")
     s.add_argument("--subscribe", metavar="ADDR", default=None,
@@ -125,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise SalstreamError(f"--{name.replace('_', '-')} {v}: must be > 0 seconds")
+
+    if args.render:
+        return _render(Path(args.render), args)
 
     import torch
     from engines.onnxruntime_engine import physical_cores
@@ -172,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
             scaling_seconds=args.scaling_seconds or (2.0 if quick else 10.0),
             warmup_s=args.warmup_s if args.warmup_s is not None else (0.5 if quick else 2.0),
             steps=args.pipeline_steps, source=args.source, frame_size=(96, 160) if quick else None,
-            progress=_progress)
-    readme = not quick and not args.no_readme_table and not args.skip_model and not args.skip_pipeline
+            send_frames=not args.no_frames, progress=_progress)
+    readme = not quick and not (args.skip_model and args.skip_pipeline)
     return _finish(result, args, label="quick" if quick else "", readme=readme or bool(args.readme_table),
                    t_start=t_start)
 
@@ -192,6 +202,26 @@ def _finish(result: dict, args, label: str, readme: bool, t_start: float) -> int
     print((run_dir / "summary.md").read_text())
     _progress(f"wrote {run_dir} ({', '.join(p.name for p in written.values())}, {len(result['plots'])} plots) "
               f"in {result['seconds']:.0f} s")
+    return 0
+
+
+def _render(run_dir: Path, args) -> int:
+    import json
+
+    from diffsal.errors import SalstreamError
+
+    from .plots import write_plots
+    path = run_dir / "bench.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SalstreamError(f"--render {run_dir}: cannot read {path} ({exc}); give a directory a bench run wrote")
+    result["plots"] = [Path(p).name for p in write_plots(result, run_dir)]
+    quick = str(result.get("configuration", "")).startswith("quick")
+    table = None if args.no_readme_table or (quick and not args.readme_table) else \
+        Path(args.readme_table) if args.readme_table else README_TABLE
+    written = write_outputs(result, run_dir, table)
+    _progress(f"re-rendered {run_dir} ({', '.join(p.name for p in written.values())})")
     return 0
 
 

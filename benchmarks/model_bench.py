@@ -222,7 +222,10 @@ class MapMaker:
                                      device=self.device, **kw)
 
 
-def time_maps(maker: MapMaker, steps: int, repeats: int, warmup: int) -> list[float]:
+def time_maps(maker: MapMaker, steps: int, repeats: int, warmup: int,
+              between: Optional[Callable[[], None]] = None) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU milliseconds of ``repeats`` maps. ``between`` runs after each timed map
+    (an A/B partner such as the official-style sampler), so drifting machine load hits both alike."""
     runner = maker.runner
     for _ in range(warmup):
         if hasattr(runner, "recording"):
@@ -230,20 +233,27 @@ def time_maps(maker: MapMaker, steps: int, repeats: int, warmup: int) -> list[fl
         maker.make(steps)
     if hasattr(runner, "recording"):
         runner.recording = True
-    out = []
+    wall, cpu = [], []
     for _ in range(repeats):
         _sync(maker.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         maker.make(steps)
         _sync(maker.device)
-        out.append((time.perf_counter() - t0) * 1000.0)
-    return out
+        wall.append((time.perf_counter() - t0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+        if between is not None:
+            between()
+    return wall, cpu
 
 
-def per_map_stats(times_ms: list[float], batch: int = 1) -> dict[str, Any]:
+def per_map_stats(times_ms: list[float], batch: int = 1, cpu_ms: Optional[list[float]] = None) -> dict[str, Any]:
+    """Wall-time statistics of maps (``maps_per_s`` from the wall p50), plus process CPU time when given:
+    with one engine thread the CPU time is what the map costs an idle core, whatever else runs."""
     s = stats(times_ms)
     s["maps_per_s"] = round(1000.0 * batch / s["p50"], 3) if s["p50"] else None
     s["samples_ms"] = [round(x, 3) for x in times_ms]
+    if cpu_ms is not None:
+        s["cpu_ms"] = stats(cpu_ms)
     return s
 
 
@@ -314,33 +324,58 @@ def official_style_window(model: torch.nn.Module, video: torch.Tensor, audio: to
     return x.clamp(0, 1)
 
 
+class OfficialStyle:
+    """Times official-style windows on fixed inputs, per step count, and checks them against ``ours``."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", seed: int = 0, batch: int = 1):
+        cfg = model.config
+        self.model, self.device, self.batch = model, device, batch
+        video, audio = smooth_clip(cfg, cfg.frames, seed, batch)
+        self.video = video.to(device)
+        self.audio = audio[:, :, : cfg.audio.n_slices].to(device)
+        g = torch.Generator().manual_seed(seed + 7)
+        self.noise = torch.randn((batch, 1, *cfg.map_size), generator=g).to(device)
+        self.wall: dict[int, list[float]] = {}
+        self.cpu: dict[int, list[float]] = {}
+        self.identity: dict[str, dict[str, Any]] = {}
+        self.last: dict[int, torch.Tensor] = {}
+
+    def run(self, steps: int, record: bool = True) -> None:
+        _sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.last[steps] = official_style_window(self.model, self.video, self.audio, steps, self.noise)
+        _sync(self.device)
+        if record:
+            self.wall.setdefault(steps, []).append((time.perf_counter() - t0) * 1000.0)
+            self.cpu.setdefault(steps, []).append((time.process_time() - c0) * 1000.0)
+
+    def check(self, ours: Any, steps: int) -> None:
+        """Our window on the same inputs and noise through ``ours`` (an engine) vs the last official map."""
+        from diffsal.inference import predict_window
+        if steps not in self.last:
+            self.run(steps, record=False)
+        mine = predict_window(ours, self.video, self.audio, "av", steps, noise=self.noise, device=self.device)
+        ref = self.last[steps]
+        self.identity[str(steps)] = {"max_abs_diff": (mine.float().cpu() - ref.float().cpu()).abs().max().item(),
+                                     "map_std": float(mine.float().std()), "engine": getattr(ours, "name", "?")}
+
+    def result(self) -> dict[str, Any]:
+        return {"per_map": {str(s): per_map_stats(w, self.batch, self.cpu[s]) for s, w in sorted(self.wall.items())},
+                "identity": self.identity}
+
+
 def official_style_bench(model: torch.nn.Module, steps_list: Sequence[int], repeats: int, warmup: int,
                          ours: Optional[Any], device: str = "cpu", seed: int = 0, batch: int = 1) -> dict:
-    """Time the official-style sampler and check its maps against ``ours`` (an engine) on the same inputs."""
-    cfg = model.config
-    video, audio = smooth_clip(cfg, cfg.frames, seed, batch)
-    video = video.to(device)
-    audio = audio[:, :, : cfg.audio.n_slices].to(device)
-    g = torch.Generator().manual_seed(seed + 7)
-    noise = torch.randn((batch, 1, *cfg.map_size), generator=g).to(device)
-    out: dict[str, Any] = {"per_map": {}, "identity": {}}
+    """The official-style sampler on its own (no A/B partner), with the identity check against ``ours``."""
+    off = OfficialStyle(model, device, seed, batch)
     for i, steps in enumerate(steps_list):
         for _ in range(warmup if i == 0 else 0):
-            official_style_window(model, video, audio, steps, noise)
-        times, ref = [], None
+            off.run(steps, record=False)
         for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            ref = official_style_window(model, video, audio, steps, noise)
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        out["per_map"][str(steps)] = per_map_stats(times, batch)
-        if ours is not None and ref is not None:
-            from diffsal.inference import predict_window
-            mine = predict_window(ours, video, audio, "av", steps, noise=noise, device=device)
-            diff = (mine.float().cpu() - ref.float().cpu()).abs().max().item()
-            out["identity"][str(steps)] = {"max_abs_diff": diff, "engine": getattr(ours, "name", "?")}
-    return out
+            off.run(steps)
+        if ours is not None:
+            off.check(ours, steps)
+    return off.result()
 
 
 # ---------------------------------------------------------------------- warm start
@@ -429,6 +464,7 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
             res["gflops"] = _flops(model)
         except Exception as exc:  # FLOP counting is informative only
             res["gflops"] = {"skipped": f"{type(exc).__name__}: {exc}"[:200]}
+    official = OfficialStyle(model, seed=opts.seed) if supports_official_style(model) else None
     torch_engine = None
     for name in engines:
         t0 = time.perf_counter()
@@ -443,12 +479,21 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
                                  "per_map": {}}
         runner = TimedRunner(engine)
         maker = MapMaker(runner, seed=opts.seed)
+        # The official-style sampler alternates with our eager windows (A/B), so load drift hits both.
+        paired = official is not None and name == "torch"
         for i, steps in enumerate(steps_list):
             t1 = time.perf_counter()
-            times = time_maps(maker, steps, repeats, warmup if i == 0 or not is_full else 0)
-            entry["per_map"][str(steps)] = per_map_stats(times)
-            progress(f"{profile}/{name}: {steps} step(s): p50 {entry['per_map'][str(steps)]['p50']:.1f} ms "
-                     f"({time.perf_counter() - t1:.0f} s)")
+            n_warm = warmup if i == 0 or not is_full else 0
+            if paired:
+                for _ in range(n_warm):
+                    official.run(steps, record=False)
+            wall, cpu = time_maps(maker, steps, repeats, n_warm,
+                                  between=(lambda s=steps: official.run(s)) if paired else None)
+            entry["per_map"][str(steps)] = per_map_stats(wall, cpu_ms=cpu)
+            msg = f"{profile}/{name}: {steps} step(s): p50 {entry['per_map'][str(steps)]['p50']:.1f} ms"
+            if paired:
+                msg += f", official-style p50 {stats(official.wall[steps])['p50']:.1f} ms"
+            progress(msg + f" ({time.perf_counter() - t1:.0f} s)")
         entry["graphs"] = {g: stats(v) for g, v in runner.calls.items()}
         entry["graphs_unit"] = "per frame / per slice" if cfg.per_frame_video else "per window"
         if hasattr(engine, "describe"):
@@ -470,22 +515,42 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
     elif is_full and not opts.full_warm_start:
         res["warm_start"] = {"skipped": "full profile: run with --thorough (or --full-warm-start) to include it"}
     # The official-style sampler for the published architecture.
-    if supports_official_style(model):
-        if torch_engine is None:
-            torch_engine, _ = build_engine("torch", model, opts.threads, None)
+    if official is not None:
         t0 = time.perf_counter()
-        off = official_style_bench(model, steps_list, repeats, warmup, torch_engine, seed=opts.seed)
-        progress(f"{profile}: official-style sampler done ({time.perf_counter() - t0:.0f} s)")
+        if torch_engine is None:              # our eager engine did not run: time the sampler on its own
+            torch_engine, _ = build_engine("torch", model, opts.threads, None)
+            for i, steps in enumerate(steps_list):
+                for _ in range(warmup if i == 0 else 0):
+                    official.run(steps, record=False)
+                for _ in range(repeats):
+                    official.run(steps)
+        for steps in steps_list:
+            official.check(torch_engine, steps)
+        off = official.result()
+        progress(f"{profile}: official-style sampler checked ({time.perf_counter() - t0:.0f} s)")
         ref_steps = 4 if 4 in steps_list else max(steps_list)
-        ours = {n: e["per_map"][str(ref_steps)]["p50"] for n, e in res["engines"].items()
+        one_thread = torch.get_num_threads() == 1
+        clock = "cpu" if one_thread else "wall"
+
+        def p50(entry: dict) -> Optional[float]:
+            return (entry.get("cpu_ms") or {}).get("p50") if one_thread else entry.get("p50")
+        ours = {n: p50(e["per_map"][str(ref_steps)]) for n, e in res["engines"].items()
                 if "skipped" not in e and str(ref_steps) in e["per_map"]}
-        if ours:
+        ours = {n: v for n, v in ours.items() if v}
+        o_entry = off["per_map"].get(str(ref_steps))
+        if ours and o_entry:
             best = min(ours, key=ours.get)
-            o_p50 = off["per_map"][str(ref_steps)]["p50"]
+            o_p50 = p50(o_entry)
             off["comparison"] = {
-                "steps": ref_steps, "ours_engine": best, "ours_p50_ms": ours[best], "official_p50_ms": o_p50,
-                "speedup": round(o_p50 / ours[best], 3) if ours[best] else None,
-                "speedup_by_engine": {n: round(o_p50 / v, 3) for n, v in ours.items() if v},
+                "steps": ref_steps, "clock": clock,
+                "clock_note": ("process CPU time per window (1 engine thread: independent of other load on the "
+                               "machine)" if one_thread else "wall time per window"),
+                "ours_engine": best, "ours_p50_ms": ours[best], "official_p50_ms": o_p50,
+                "speedup": round(o_p50 / ours[best], 3),
+                "speedup_by_engine": {n: round(o_p50 / v, 3) for n, v in ours.items()},
+                "wall_speedup_torch_interleaved": (round(o_entry["p50"] / res["engines"]["torch"]["per_map"]
+                                                         [str(ref_steps)]["p50"], 3)
+                                                   if "per_map" in res["engines"].get("torch", {}) else None),
                 "max_abs_diff": max(d["max_abs_diff"] for d in off["identity"].values()) if off["identity"] else None,
                 "goal": ">= 1.5x faster per 4-step window on the CPU, identical maps",
             }
@@ -524,7 +589,7 @@ def gpu_bench(opts: ModelBenchOptions, progress: Callable[[str], None]) -> dict:
         for b in opts.gpu_batches:
             try:
                 maker = MapMaker(engine, seed=opts.seed, batch=b)
-                times = time_maps(maker, steps, opts.gpu_repeats, 3)
+                times, _ = time_maps(maker, steps, opts.gpu_repeats, 3)
             except Exception as exc:  # one engine failing must not lose the others' figures
                 entry[str(b)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
                 continue
@@ -536,7 +601,7 @@ def gpu_bench(opts: ModelBenchOptions, progress: Callable[[str], None]) -> dict:
         del engine
         torch.cuda.empty_cache()
     best = [(e["1"]["p50"], n) for n, e in res["engines"].items() if isinstance(e.get("1"), dict) and e["1"].get("p50")]
-    if best:
+    if best and "1" in res["official_style"]:
         p50, name = min(best)
         res["goal"] = {"goal": "p50 <= 10 ms per 4-step window and >= 10x the official-style eager loop",
                        "fastest_engine": name, "p50_ms": p50,

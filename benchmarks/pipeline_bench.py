@@ -93,10 +93,12 @@ def open_sources(spec: str, streams: int, *, frame_size: Optional[tuple[int, int
     return out
 
 
-def run_pipeline(engine: Any, *, streams: int = 1, seconds: float = 10.0, warmup_s: float = 2.0,
+def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10.0, warmup_s: float = 2.0,
                  steps: Optional[int] = None, source: str = "synthetic", frame_size: Optional[tuple[int, int]] = None,
-                 max_batch: int = 4, hop: int = 1, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """One paced run of ``seconds`` through the live pipeline on ``engine``; returns its figures."""
+                 max_batch: int = 4, batch_deadline_ms: float = 5.0, hop: int = 1, send_frames: bool = True,
+                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """One paced run of ``seconds`` (``None``: until the sources end) through the live pipeline on
+    ``engine``; returns its figures. ``send_frames`` publishes frame previews as ``salstream run`` does."""
     from streamer.pipeline import Pipeline, PipelineOptions
     from streamer.subscriber import Subscriber
 
@@ -104,7 +106,8 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: float = 10.0, warmup
     fps = sources[0].fps or 30.0
     opts = PipelineOptions(sources=[source] * streams, profile=engine.config.profile,
                            engine=getattr(engine, "name", "?"), steps=steps, hop=hop, publish="tcp://127.0.0.1:*",
-                           duration=seconds, max_batch=max_batch, wait_subscriber=30.0, send_frames=False)
+                           duration=seconds, max_batch=max_batch, batch_deadline_ms=batch_deadline_ms,
+                           wait_subscriber=30.0, send_frames=send_frames)
     pipe = Pipeline(opts, engine=engine, sources=sources)
     box: dict[str, Any] = {}
 
@@ -134,6 +137,7 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: float = 10.0, warmup
         "profile": engine.config.profile, "engine": getattr(engine, "name", "?"), "streams": streams,
         "source": source + (" (pre-rendered loop)" if source.startswith("synthetic") else ""), "fps": fps,
         "seconds": seconds, "warmup_s": warmup_s, "steps": res["steps"], "hop": hop, "max_batch": max_batch,
+        "frame_previews": send_frames, "threads": getattr(engine, "threads", None),
         "maps_per_s": maps_total, "maps_per_s_per_stream": maps_total / streams if maps_total else None,
         "maps_per_frame": (maps_total / streams / fps) if maps_total else None,
         "capture_to_publish_ms": res["capture_to_publish_ms"], "capture_to_receive_ms": res["capture_to_receive_ms"],
@@ -181,7 +185,7 @@ def explain_goal(run: dict[str, Any], goal_maps_per_s: float = 30.0, goal_p95_ms
 def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequence[int] = (1, 2, 4),
                        seconds: float = 15.0, scaling_seconds: float = 10.0, warmup_s: float = 2.0,
                        steps: Optional[int] = None, source: str = "synthetic",
-                       frame_size: Optional[tuple[int, int]] = None, max_batch: int = 4,
+                       frame_size: Optional[tuple[int, int]] = None, max_batch: int = 4, send_frames: bool = True,
                        progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every stream count in turn on one engine (built once); the 1-stream run also gets the goal check."""
     engine = engine_factory()
@@ -191,7 +195,7 @@ def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequ
         try:
             r = run_pipeline(engine, streams=n, seconds=seconds if n == 1 else scaling_seconds, warmup_s=warmup_s,
                              steps=steps, source=source, frame_size=frame_size, max_batch=max_batch,
-                             progress=progress)
+                             send_frames=send_frames, progress=progress)
         except Exception as exc:  # one failed run must not lose the others
             runs.append({"streams": n, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
             progress(f"pipeline {n} stream(s): failed: {exc}")

@@ -103,6 +103,21 @@ def test_quick_bench_runs_end_to_end_and_writes_json_plots_and_tables(tmp_path):
     readme = table.read_text()
     assert run_dir.name in readme and "capture→publish" in readme
 
+    # --render rewrites the outputs from bench.json; a run without a pipeline part takes that part
+    # from the newest earlier non-quick run, so re-running one part keeps the other in the table.
+    older, newer = tmp_path / "runs2" / "20000101-000000", tmp_path / "runs2" / "20000102-000000"
+    for d, drop in ((older, None), (newer, "pipeline")):
+        d.mkdir(parents=True)
+        copy = dict(res, configuration="default")
+        copy.pop(drop, None)
+        (d / "bench.json").write_text(json.dumps(copy))
+    table2 = tmp_path / "table2.md"
+    assert bench_cli.main(["--render", str(newer), "--readme-table", str(table2)]) == 0
+    merged = table2.read_text()
+    assert older.name in merged and newer.name in merged and "| lite / torch | 1 |" in merged
+    _assert_pngs(newer, ["model_latency_vs_steps.png"])
+    assert not (newer / "pipeline_stages.png").exists()
+
 
 def test_official_style_sampler_gives_our_maps():
     """With weights that make the map vary, the official-style loop (deep copies, noise slot
