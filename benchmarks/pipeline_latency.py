@@ -21,21 +21,13 @@ import json
 import os
 import platform
 import sys
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamer import wire  # noqa: E402
-from streamer.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from streamer.subscriber import Subscriber  # noqa: E402
-
-
-def pct(values, q):
-    return round(float(np.percentile(values, q)), 2) if len(values) else None
+from benchmarks.pipeline_bench import run_pipeline  # noqa: E402  (one measuring loop for every pipeline benchmark)
+from streamer.pipeline import load_engine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,56 +49,26 @@ def main(argv=None) -> int:
 
     from streamer.sources import default_demo_source
     src = args.source or default_demo_source()
-    opts = PipelineOptions(sources=[src] * args.streams, profile=args.profile, checkpoint=args.checkpoint,
-                           engine=args.engine, steps=args.steps, hop=args.hop, threads=args.threads,
-                           publish="tcp://127.0.0.1:*", duration=args.seconds, max_batch=args.max_batch,
-                           batch_deadline_ms=args.batch_deadline_ms, wait_subscriber=60.0, send_frames=True)
-    load_start = os.getloadavg()
-    pipe = Pipeline(opts)
-    result: dict = {}
-    th = threading.Thread(target=lambda: result.setdefault("summary", pipe.run()), daemon=True)
-    th.start()
-    if not pipe.bound.wait(60):
-        print("publisher did not bind", file=sys.stderr)
-        return 1
-    received = []
-    with Subscriber(pipe.endpoint) as sub:
-        while True:
-            m = sub.recv_map(timeout=1.0)
-            if m is None:
-                if not th.is_alive():
-                    break
-                continue
-            received.append((time.monotonic(), m.header))
-        missed = sub.missed
-    th.join()
-    summary = result["summary"]
-    t0 = received[0][1]["capture_time"] if received else 0.0
-    keep = [(t, h) for t, h in received if h["capture_time"] - t0 >= args.warmup]
-    pub_lat = [(h["publish_time"] - h["capture_time"]) * 1000 for _, h in keep]
-    recv_lat = [(t - h["capture_time"]) * 1000 for t, h in keep]
-    stages = {}
-    for k in wire.LATENCY_STAGES:
-        vals = [sum(h["latency_ms"][k]) if isinstance(h["latency_ms"][k], list) else h["latency_ms"][k]
-                for _, h in keep if k in h["latency_ms"]]
-        stages[k] = pct(vals, 50)
-    span = (keep[-1][1]["publish_time"] - keep[0][1]["publish_time"]) if len(keep) > 1 else 0.0
+    engine, _ = load_engine(args.profile, args.checkpoint, args.engine, args.threads)
+    r = run_pipeline(engine, streams=args.streams, seconds=args.seconds, warmup_s=args.warmup, steps=args.steps,
+                     source=src, max_batch=args.max_batch, batch_deadline_ms=args.batch_deadline_ms, hop=args.hop,
+                     send_frames=True, progress=lambda msg: print(msg, file=sys.stderr))
+    pick = ("p50", "p95", "p99")
     report = {
         "source": os.path.basename(src) if os.path.exists(src) else src, "streams": args.streams,
-        "profile": pipe._engine.config.profile, "engine": args.engine,
-        "steps": keep[0][1]["steps"] if keep else None, "hop": args.hop, "threads": args.threads,
-        "maps": len(received), "maps_measured": len(keep), "missed_by_subscriber": missed,
-        "maps_per_s": round((len(keep) - 1) / span, 2) if span > 0 else None,
-        "dropped_windows": summary.dropped_windows, "batch_sizes": summary.batch_sizes,
-        "capture_to_publish_ms": {"p50": pct(pub_lat, 50), "p95": pct(pub_lat, 95), "p99": pct(pub_lat, 99)},
-        "capture_to_receive_ms": {"p50": pct(recv_lat, 50), "p95": pct(recv_lat, 95), "p99": pct(recv_lat, 99)},
-        "stage_median_ms": stages,
-        "modes": summary.modes,
+        "profile": r["profile"], "engine": args.engine,
+        "steps": r["steps"][0] if len(r["steps"]) == 1 else r["steps"], "hop": args.hop, "threads": args.threads,
+        "maps": r["maps"], "maps_measured": r["maps_measured"], "missed_by_subscriber": r["missed_by_subscriber"],
+        "maps_per_s": round(r["maps_per_s"], 2) if r["maps_per_s"] else None,
+        "dropped_windows": r["dropped_windows"], "batch_sizes": r["batch_sizes"],
+        "capture_to_publish_ms": {k: r["capture_to_publish_ms"][k] for k in pick},
+        "capture_to_receive_ms": {k: r["capture_to_receive_ms"][k] for k in pick},
+        "stage_median_ms": r["stage_median_ms"],
+        "modes": r["modes"],
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
                     # other work on the machine slows every stage: keep the load with the figures
-                    "load_average_start": [round(x, 2) for x in load_start],
-                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+                    "load_average_start": r["load_average_start"], "load_average_end": r["load_average_end"]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
