@@ -64,7 +64,8 @@ from ..errors import SalstreamError
 from ..registry import register_profile
 from .backbones import LITE0_BLOCKS, Lite0Features
 from .base import Features, SaliencyModel
-from .unet import MAMBlock, Mlp, PadDownsample, Readout, ResnetBlock, TimeEmbedding, _from_frames, _to_frames
+from .layers import Mlp, from_frames, to_frames
+from .unet import MAMBlock, PadDownsample, Readout, ResnetBlock, TimeEmbedding
 
 
 # Frozen (v1): the bundled checkpoint is trained on exactly this architecture and config;
@@ -196,10 +197,10 @@ class LiteMAMBlock(MAMBlock):
         if audio.shape[2] != s or audio.shape[-2:] != (1, 1):
             raise SalstreamError(f"audio slots {tuple(audio.shape)} do not fit the decoder's {s} slots "
                                  "(expected (B, C, slots, 1, 1))")
-        a = _from_frames(self.align_conv(_to_frames(audio)), s)            # (B, C, S, 1, 1)
+        a = from_frames(self.align_conv(to_frames(audio)), s)            # (B, C, S, 1, 1)
         score = (a * x).mean(dim=2, keepdim=True)                          # (B, C, 1, H, W)
         mask = torch.softmax(score.flatten(3), dim=-1).reshape(score.shape) * (h * w)
-        return _to_frames(a * mask)
+        return to_frames(a * mask)
 
 
 class LiteUpEmbed(nn.Module):
@@ -212,9 +213,9 @@ class LiteUpEmbed(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.reduce(_to_frames(x))
+        f = self.reduce(to_frames(x))
         f = F.interpolate(f, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return _from_frames(F.relu(self.bn(self.dw(f))), x.shape[2])
+        return from_frames(F.relu(self.bn(self.dw(f))), x.shape[2])
 
 
 # --------------------------------------------------------------------------- the model

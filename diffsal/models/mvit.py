@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SalstreamError
+from .layers import Mlp
 
 # MViTv2-S: 16 blocks; width and heads double and q is pooled ×2 at blocks 1, 3, 14;
 # kv pooling starts at (1, 8, 8) and halves at each of those blocks.
@@ -130,17 +131,6 @@ class MultiScaleAttention(nn.Module):
         out = torch.cat([out[:, :, :1], out[:, :, 1:] + q[:, :, 1:]], dim=2)
         out = out.transpose(1, 2).reshape(b, -1, self.out_dim)
         return self.proj(out), q_thw
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class MultiScaleBlock(nn.Module):

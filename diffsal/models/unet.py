@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SalstreamError
+from .layers import Mlp, from_frames, to_frames
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -110,18 +111,6 @@ class PadDownsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-def _to_frames(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, S, H, W) -> (B·S, C, H, W), batch-major then slot."""
-    b, c, s, h, w = x.shape
-    return x.transpose(1, 2).reshape(b * s, c, h, w)
-
-
-def _from_frames(x: torch.Tensor, slots: int) -> torch.Tensor:
-    """(B·S, C, H, W) -> (B, C, S, H, W)."""
-    n, c, h, w = x.shape
-    return x.reshape(n // slots, slots, c, h, w).transpose(1, 2)
-
-
 class UpEmbed(nn.Module):
     """Per-slot ×2 upsampling into the next stage's width (``patch_embed.0``)."""
 
@@ -139,7 +128,7 @@ class UpEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _from_frames(self.proj(_to_frames(x)), x.shape[2])
+        return from_frames(self.proj(to_frames(x)), x.shape[2])
 
 
 class _DepthwiseProjection(nn.Module):
@@ -201,17 +190,6 @@ class EfficientCrossAttention(nn.Module):
         return self.proj(out.reshape(out.shape[0], out.shape[1], -1))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class MAMBlock(nn.Module):
     """One multi-modal attention block on a slot stack (``blocks.0``, spec §4.3)."""
 
@@ -237,7 +215,7 @@ class MAMBlock(nn.Module):
         if audio.shape[2] != s:
             raise SalstreamError(f"audio has {audio.shape[2]} slices but the decoder has {s} time "
                                  "slots; they must be equal")
-        a = self.align_conv(_to_frames(audio))
+        a = self.align_conv(to_frames(audio))
         ah, aw = a.shape[-2:]
         if (ah, aw) != (h, w):
             if h % ah or w % aw or h // ah != w // aw:
@@ -245,7 +223,7 @@ class MAMBlock(nn.Module):
                                      f"{h}×{w}; the audio grid must equal the video grid at H/32×W/32")
             # 1×1 conv first, then nearest upsampling (the code's order, §9 row 8).
             a = F.interpolate(a, size=(h, w), mode="nearest")
-        a = _from_frames(a, s)
+        a = from_frames(a, s)
         mask = torch.softmax((a * x).mean(dim=2, keepdim=True), dim=-1)  # softmax over width only
         weighted = (a * mask).contiguous()
         # The official code re-reads this (B, C, S, H, W) buffer as (B·S, H·W, C) without
@@ -255,13 +233,13 @@ class MAMBlock(nn.Module):
     def forward(self, x: torch.Tensor, audio: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, C, S, H, W) slot stack; audio: (B, Ca, S, h, w) or None."""
         b, c, s, h, w = x.shape
-        tokens = _to_frames(x).flatten(2).transpose(1, 2)          # (B·S, H·W, C)
+        tokens = to_frames(x).flatten(2).transpose(1, 2)          # (B·S, H·W, C)
         normed = self.norm(tokens)
         frames = normed.transpose(1, 2).reshape(b * s, c, h, w)
         keys = frames if audio is None else self.interaction_keys(x, audio)
         tokens = tokens + self.attn(frames, keys)
         tokens = tokens + self.mlp(self.norm2(tokens))
-        return _from_frames(tokens.transpose(1, 2).reshape(b * s, c, h, w), s)
+        return from_frames(tokens.transpose(1, 2).reshape(b * s, c, h, w), s)
 
 
 class MAMStage(nn.Module):
