@@ -14,7 +14,8 @@ memory (float16), and each training step runs only the audio encoder and the
 denoiser. Per-slice log-mel features are likewise computed once per clip.
 
 Each epoch writes ``epoch_NNN.safetensors`` and ``last.safetensors`` (loadable with
-:func:`diffsal.checkpoint.load_model`) plus ``train_state.pt`` (optimiser, scheduler,
+:func:`diffsal.checkpoint.load_model`), ``best.safetensors`` when the validation CC
+(audio-visual, else video-only) improved, plus ``train_state.pt`` (optimiser, scheduler,
 random state) so ``--resume OUT_DIR`` continues where it stopped, and appends one line
 per epoch to ``history.jsonl``.
 """
@@ -322,6 +323,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
     py_rng = random.Random(opts.seed)
     ac = cosine_alphas_cumprod()
     start_epoch, train_seconds = 0, 0.0
+    best: Optional[float] = None
     state_path = out / "train_state.pt"
     if resume:
         if not state_path.is_file() or not (out / "last.safetensors").is_file():
@@ -334,7 +336,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         sched.load_state_dict(st["scheduler"])
         gen.set_state(st["generator"])
         py_rng.setstate(st["py_rng"])
-        start_epoch, train_seconds = st["epoch"], st.get("train_seconds", 0.0)
+        start_epoch, train_seconds, best = st["epoch"], st.get("train_seconds", 0.0), st.get("best")
         log(f"[train] resumed after epoch {start_epoch} ({train_seconds / 60:.1f} min trained)")
     record: dict = {}
     order_rng = np.random.default_rng(opts.seed)
@@ -376,9 +378,15 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         model.eval()
         save_checkpoint(model, out / f"epoch_{epoch + 1:03d}.safetensors", metadata=meta)
         save_checkpoint(model, out / "last.safetensors", metadata=meta)
+        # Model selection on the validation split (never the test split): best AV (else video) CC.
+        score = record.get("val_cc_av", record.get("val_cc_video"))
+        if score is not None and (best is None or score > best):
+            best = score
+            save_checkpoint(model, out / "best.safetensors", metadata=meta)
+            record["best"] = True
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "py_rng": py_rng.getstate(), "epoch": epoch + 1, "train_seconds": train_seconds},
-                   state_path)
+                    "py_rng": py_rng.getstate(), "epoch": epoch + 1, "train_seconds": train_seconds,
+                    "best": best}, state_path)
         with open(out / "history.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         log("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))

@@ -69,11 +69,15 @@ def _train(tmp, data, epochs, resume=False, steps=3):
 
 def test_training_writes_loadable_checkpoints_and_resumes_exactly(tmp_path, tiny_data):
     straight, rec = _train(tmp_path / "a", tiny_data, epochs=2)
-    for f in ("epoch_001.safetensors", "epoch_002.safetensors", "last.safetensors", "train_state.pt"):
+    for f in ("epoch_001.safetensors", "epoch_002.safetensors", "last.safetensors", "best.safetensors",
+              "train_state.pt"):
         assert (tmp_path / "a" / f).is_file()
     hist = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert all(np.isfinite(h["loss"]) and "val_cc_av" in h for h in hist)
+    best = max(hist, key=lambda h: h["val_cc_av"])["epoch"]   # best.safetensors is that epoch's
+    assert torch.equal(load_model(tmp_path / "a" / "best.safetensors").state_dict()["logits.weight"],
+                       load_model(tmp_path / "a" / f"epoch_{best:03d}.safetensors").state_dict()["logits.weight"])
     loaded = load_model(tmp_path / "a" / "last.safetensors")
     for (k, v), (_, w) in zip(straight.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(v, w), k
@@ -185,7 +189,7 @@ def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(),
                     reason="bundled diffsal/weights/lite_synthetic.safetensors not present (train it with the "
                            "command in diffsal/weights/README.md)")
-def test_bundled_checkpoint_finds_the_sounding_object():
+def test_bundled_checkpoint_beats_the_centre_prior():
     from diffsal.datasets.synthetic import SyntheticClip, split_seed
     from diffsal.datasets.windows import WindowSource
     from diffsal.inference import predict_window
