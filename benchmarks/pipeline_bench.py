@@ -168,7 +168,7 @@ def explain_goal(run: dict[str, Any], goal_maps_per_s: float = 30.0, goal_p95_ms
             f"capture→publish p95 {p95 if p95 is None else round(p95, 1)} ms. ")
     if not (met_rate and met_lat):
         cpu = run["resources"].get("cpu_percent_mean")
-        text += (f"Median per map: {where}. Engine compute per map (encoders + {run['steps']} step(s) + "
+        text += (f"Median per map: {where}. Engine compute per map (encoders + {'/'.join(map(str, run['steps']))} step(s) + "
                  f"post-processing) is {compute:.1f} ms against a {budget:.1f} ms frame interval"
                  + (" — compute alone exceeds the budget, so the scheduler drops windows (latest wins)"
                     if compute > budget else " — compute fits; the rest is waiting/assembly")

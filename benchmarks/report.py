@@ -313,8 +313,8 @@ def readme_table(result: dict, run_dir: Path) -> str:
              + "; do not edit by hand -->"]
     for name, r in sources.items():
         what = " and ".join(k for k, (_, d) in parts.items() if d.name == name) or "run"
-        lines.append(f"{what.capitalize()} measured {r.get('started', '')} on: {machine_line(r['machine'])}; "
-                     f"{r.get('threads')} engine thread(s).")
+        lines.append(f"{what.capitalize()} measured {r.get('started', '')} with `{r.get('command', 'salstream bench')}` "
+                     f"on: {machine_line(r['machine'])}; {r.get('threads')} engine thread(s).")
     lines.append("")
     model = parts["model"][0]["model"] if "model" in parts else {}
     rows = model_rows(model)

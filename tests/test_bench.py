@@ -274,5 +274,6 @@ def test_stats_and_goal_explanation():
     g = explain_goal(run)
     assert g["met"] is False and not g["maps_per_s_ok"] and not g["p95_ok"]
     assert "denoise 60.0 ms" in g["explanation"] and "101.5 ms" in g["explanation"]
+    assert "+ 2 step(s)" in g["explanation"]
     ok = dict(run, maps_per_s_per_stream=29.97, maps_per_frame=1.0, capture_to_publish_ms={"p95": 70.0})
     assert explain_goal(ok)["met"] is True
