@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from .report import README_TABLE, RESULTS_DIR, SCHEMA, machine_info, new_run_dir, write_outputs
 
-DEFAULT_OUT = RESULTS_DIR / "runs"
+DEFAULT_OUT = RESULTS_DIR / "bench"
 
 
 def _ints(text: str) -> list[int]:
