@@ -7,6 +7,7 @@ become flat named inputs ``video_0 … video_{n-1}`` and ``audio_feats``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from .graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph
                      example_window, flatten_args, needs_audio, needs_video, video_feature_names)
 from .manifest import (BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec, file_sha256, read_manifest,
                        weights_sha256)
+
+log = logging.getLogger("salstream")
 
 DEFAULT_OPSET = 18
 EXPORT_BATCH = 2          # torch.export specialises a size-1 axis, so trace with 2 and mark it dynamic
@@ -222,6 +225,8 @@ def cached_export(model: nn.Module | Callable[[], nn.Module], *, checkpoint_sha2
         except SalstreamError:
             shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
     model = model if isinstance(model, nn.Module) else model()
+    log.info("exporting the %s graphs to ONNX once (about a minute on 2 cores); cached in %s",
+             model.config.profile, final)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:
