@@ -53,44 +53,48 @@ def _frame_envelope(c: SyntheticClip) -> np.ndarray:
     return np.array([np.sqrt(np.mean(a[i * hop:(i + 1) * hop] ** 2)) for i in range(c.n_frames)])
 
 
+def _activity(c: SyntheticClip, k: int) -> np.ndarray:
+    return np.array([c.object_state(k, i / c.fps)[3] for i in range(c.n_frames)])
+
+
 def test_only_the_source_is_in_sync_with_the_sound():
     for seed in (0, 1, 2):
         c = SyntheticClip(seed, n_frames=150)
         env = _frame_envelope(c)
-        corr = []
-        for k in range(len(c.objects)):
-            pulse = np.array([c.object_state(k, i / c.fps)[3] for i in range(c.n_frames)])
-            corr.append(np.corrcoef(env, pulse)[0, 1])
+        corr = [np.corrcoef(env, _activity(c, k))[0, 1] for k in range(len(c.objects))]
         src = c.source_index
         assert corr[src] > 0.8, corr
-        assert all(corr[k] < 0.3 for k in range(len(corr)) if k != src), corr
+        assert all(corr[k] < 0.1 for k in range(len(corr)) if k != src), corr
 
 
-def test_pulses_are_visible_in_the_frames():
-    c = SyntheticClip(4, n_frames=90)
+def test_objects_take_turns_and_each_turn_is_visible():
+    c = SyntheticClip(4, n_frames=120)
+    acts = np.stack([_activity(c, k) for k in range(len(c.objects))])
+    assert (acts > 0).sum(axis=0).max() == 1          # never two objects active at once
+    for k in range(len(c.objects)):                  # every object gets turns in 4 s
+        assert (acts[k] > 0.99).sum() >= 6
     k = c.source_index
-    bright, pulse = [], []
+    bright = []
     for i in range(c.n_frames):
-        x, y, r, p = c.object_state(k, i / c.fps)
-        f = c.frame(i).astype(float)
-        bright.append(f[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3].mean())
-        pulse.append(p)
+        x, y, _, _ = c.object_state(k, i / c.fps)
+        bright.append(c.frame(i).astype(float)[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3].mean())
     # occlusion by another object can hide a few frames; the relation must still be strong
-    assert np.corrcoef(bright, pulse)[0, 1] > 0.7
+    assert np.corrcoef(bright, acts[k])[0, 1] > 0.7
 
 
 def test_video_alone_cannot_single_out_the_source():
-    # Over many clips the source pulses as often and moves as fast as the distractors.
-    src_pulses, dis_pulses, src_speed, dis_speed = [], [], [], []
+    # Over many clips the source is active as often and as long, and moves as fast, as the distractors.
+    stats = {True: {"turns": [], "active": [], "speed": []}, False: {"turns": [], "active": [], "speed": []}}
     for seed in range(40):
         c = SyntheticClip(seed, n_frames=150)
-        for o in c.objects:
-            n = int(np.sum(o.onsets < c.duration))
-            v = float(np.hypot(*o.velocity))
-            (src_pulses if o.sounding else dis_pulses).append(n)
-            (src_speed if o.sounding else dis_speed).append(v)
-    assert abs(np.mean(src_pulses) - np.mean(dis_pulses)) < 0.1 * np.mean(src_pulses)
-    assert abs(np.mean(src_speed) - np.mean(dis_speed)) < 0.1 * np.mean(src_speed)
+        for k, o in enumerate(c.objects):
+            st = stats[o.sounding]
+            st["turns"].append(int(np.sum(o.turns[:, 0] < c.duration)))
+            st["active"].append(float(_activity(c, k).mean()))
+            st["speed"].append(float(np.hypot(*o.velocity)))
+    for key in ("turns", "active", "speed"):
+        src, dis = np.mean(stats[True][key]), np.mean(stats[False][key])
+        assert abs(src - dis) < 0.1 * src, (key, src, dis)
 
 
 def test_ground_truth_concentrates_on_the_source():
@@ -107,18 +111,24 @@ def test_ground_truth_concentrates_on_the_source():
     assert on_source > 0.5 * 6 * c.n_observers
 
 
-def test_burst_pitch_follows_source_height():
+def test_tone_pitch_follows_source_height_and_timbre_its_horizontal_position():
     c = SyntheticClip(21, n_frames=150)
     src = c.objects[c.source_index]
     sr = c.sample_rate
-    checked = 0
-    for onset in src.onsets[src.onsets < c.duration - 0.2]:
-        seg = c.audio_between(onset + 0.03, onset + 0.13)
+    checked, xs, ratios = 0, [], []
+    for onset in src.turns[src.turns[:, 0] < c.duration - 0.2, 0]:
+        seg = c.audio_between(onset + 0.04, onset + 0.16)
         spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
-        peak = np.fft.rfftfreq(len(seg), 1 / sr)[np.argmax(spec)]
-        assert peak == pytest.approx(c.pitch_at(onset), rel=0.08)
+        freqs = np.fft.rfftfreq(len(seg), 1 / sr)
+        f0 = c.pitch_at(onset)
+        assert freqs[np.argmax(spec)] == pytest.approx(f0, rel=0.08)
+        level = [spec[np.abs(freqs - k * f0) < 0.04 * k * f0].max() for k in (1, 2)]
+        assert level[1] / level[0] == pytest.approx(c.overtones_at(onset)[0], abs=0.06)
+        xs.append(c.object_state(c.source_index, onset)[0])
+        ratios.append(level[1] / level[0])
         checked += 1
     assert checked >= 3
+    assert np.corrcoef(xs, ratios)[0, 1] > 0.9
 
 
 def test_splits_use_disjoint_seed_ranges():
