@@ -48,6 +48,7 @@ class ModelConfig:
     pixel_norm: str = "av"
     per_frame_video: bool = False         # True: encode_video takes one frame, features are cached per frame
     default_steps: int = 4
+    timestep_spacing: str = "leading"     # DDIM timesteps: "leading" (official) or "trailing"
     audio: AudioConfig = field(default_factory=AudioConfig)
     arch: dict[str, Any] = field(default_factory=dict)  # profile-specific widths etc.
 

@@ -7,7 +7,12 @@ engine: eager PyTorch, ONNX Runtime, TensorRT all hand in their own ``denoise``.
 
 Facts (spec §5): improved-DDPM cosine schedule, s = 0.008, T = 1000, betas
 clipped at 0.999, computed in float64 and cast to float32; x0 prediction;
-DDIM timesteps ``range(0, T, T // S)`` visited in reverse.
+DDIM timesteps ``range(0, T, T // S)`` visited in reverse ("leading" spacing, the
+official choice). "Trailing" spacing (``T - 1, T - 1 - T/S, …``; Lin et al., "Common
+Diffusion Noise Schedules and Sample Steps are Flawed", 2024) starts at t = T - 1, where
+the network was trained on nearly pure noise, which is what sampling feeds it; with
+leading spacing a 1- or 2-step sampler hands pure noise to the network at t = 0 or 500,
+where it expects a half-clean map. A profile picks its spacing in its config.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+TIMESTEP_SPACINGS = ("leading", "trailing")
 
 
 def cosine_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008,
@@ -51,9 +57,14 @@ class StepOutput:
 class DDIMScheduler:
     """Deterministic (eta = 0 by default) DDIM for an x0-predicting network."""
 
-    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, eta: float = 0.0):
+    def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, eta: float = 0.0,
+                 timestep_spacing: str = "leading"):
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, "
+                             f"got {timestep_spacing!r}")
         self.num_train_timesteps = num_train_timesteps
         self.eta = float(eta)
+        self.timestep_spacing = timestep_spacing
         self.alphas_cumprod = cosine_alphas_cumprod(num_train_timesteps)
         self.timesteps: list[int] = []
 
@@ -61,15 +72,23 @@ class DDIMScheduler:
         """Choose the visited timesteps, high to low.
 
         ``start_timestep`` (warm start) keeps only the steps at or below it, so a
-        sample that begins from a re-noised previous map skips the noisiest steps.
+        sample that begins from a re-noised previous map skips the noisiest steps. When
+        that leaves no step above t = 0, the sample runs one step at ``start_timestep``
+        itself: at t = 0 the network trusts its input almost fully, so a warm start there
+        would freeze the map on the first window's.
         """
         n = int(num_inference_steps)
         if not 1 <= n <= self.num_train_timesteps:
             raise ValueError(f"steps must be in 1…{self.num_train_timesteps}, got {num_inference_steps}")
-        skip = self.num_train_timesteps // n
-        ts = list(range(0, self.num_train_timesteps, skip))[::-1]
+        T = self.num_train_timesteps
+        if self.timestep_spacing == "trailing":
+            ts = sorted({int(round(T - k * T / n)) - 1 for k in range(n)}, reverse=True)
+        else:
+            ts = list(range(0, T, T // n))[::-1]
         if start_timestep is not None:
-            ts = [t for t in ts if t <= start_timestep] or [0]
+            ts = [t for t in ts if t <= start_timestep]
+            if not ts or ts[0] == 0:
+                ts = [int(start_timestep)]
         self.timesteps = ts
         return ts
 
@@ -105,7 +124,7 @@ def sample(denoise: DenoiseFn, shape: Sequence[int], steps: int = 4, *, eta: flo
            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
            warm_start: Optional[torch.Tensor] = None, warm_start_timestep: int = 250,
            step_callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-           device: torch.device | str = "cpu") -> torch.Tensor:
+           device: torch.device | str = "cpu", timestep_spacing: str = "leading") -> torch.Tensor:
     """Run DDIM and return the final x0 clamped to [0, 1].
 
     ``denoise(x_t, t)`` closes over the window's encoder features, so the encoders
@@ -113,7 +132,7 @@ def sample(denoise: DenoiseFn, shape: Sequence[int], steps: int = 4, *, eta: flo
     shape ``shape``) is noised to ``warm_start_timestep`` and only the steps at or
     below that time are run: fewer network calls and temporally steadier maps.
     """
-    sched = DDIMScheduler(eta=eta)
+    sched = DDIMScheduler(eta=eta, timestep_spacing=timestep_spacing)
     sched.set_timesteps(steps, start_timestep=warm_start_timestep if warm_start is not None else None)
     if noise is None:
         noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)

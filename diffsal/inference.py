@@ -58,6 +58,7 @@ def predict_from_features(runner: Any, video_feats, audio_feats, batch: int, ste
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return runner.denoise(x_t, t, video_feats, audio_feats)
 
+    sample_kwargs.setdefault("timestep_spacing", cfg.timestep_spacing)
     return sample(denoise, shape, steps, **sample_kwargs)
 
 

@@ -22,6 +22,25 @@ def test_ddim_timesteps(steps, expected):
     assert DDIMScheduler().set_timesteps(steps) == expected
 
 
+@pytest.mark.parametrize("steps,expected", [(1, [999]), (2, [999, 499]), (4, [999, 749, 499, 249]),
+                                            (3, [999, 666, 332])])
+def test_trailing_timesteps_start_at_pure_noise(steps, expected):
+    assert DDIMScheduler(timestep_spacing="trailing").set_timesteps(steps) == expected
+
+
+def test_one_trailing_step_is_the_networks_x0_guess_from_pure_noise():
+    seen = []
+
+    def denoise(x, t):
+        seen.append(int(t[0]))
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x) * 0 + 0.25
+
+    out = sample(denoise, (2, 1, 4, 4), 1, timestep_spacing="trailing", generator=torch.Generator().manual_seed(0))
+    assert seen == [999] and torch.all(out == 0.25)
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        DDIMScheduler(timestep_spacing="middle")
+
+
 def test_invalid_step_counts_are_rejected():
     with pytest.raises(ValueError, match="steps"):
         DDIMScheduler().set_timesteps(0)
@@ -70,6 +89,13 @@ def test_warm_start_skips_the_noisy_steps_and_starts_near_previous_map():
     # the first input is the previous map noised to t=250: its mean is near √ᾱ_250·0.8
     assert seen[0][1].mean().item() == pytest.approx(math.sqrt(0.84589) * 0.8, abs=0.5)
     assert torch.allclose(out, prev)
+
+
+@pytest.mark.parametrize("spacing,steps,expected", [("leading", 2, [250]), ("leading", 1, [250]),
+                                                    ("trailing", 1, [250]), ("trailing", 4, [249])])
+def test_warm_start_never_starts_at_t0(spacing, steps, expected):
+    # t = 0 alone would hand the re-noised previous map to a network that trusts its input fully
+    assert DDIMScheduler(timestep_spacing=spacing).set_timesteps(steps, start_timestep=250) == expected
 
 
 def test_add_noise_per_sample_timesteps():
