@@ -17,7 +17,7 @@ from diffsal.errors import CheckpointError, SalstreamError
 from diffsal.inference import encode_window, predict_from_features, predict_window
 from diffsal.models import backbones
 from diffsal.models.base import stack_time
-from diffsal.models.lite import LiteDiffSal, TemporalMix
+from diffsal.models.lite import AudioVisualSync, LiteDiffSal, TemporalMix, interpolation_weights
 from diffsal.preprocess import preprocess_frame
 
 # A small but structurally identical variant (grids 4×6, 8×12, 16×24; map 32×48) keeps tests fast.
@@ -181,7 +181,8 @@ def test_sampling_is_deterministic_and_steps_run(small):
             out = predict_from_features(Counting(), v, a, 1, steps=steps, generator=gen())
             assert tuple(out.shape) == (1, 1, *small.config.map_size)
             assert 0 <= out.min() and out.max() <= 1 and torch.isfinite(out).all()
-            assert len(calls) == steps and calls[-1] == 0
+            # lite samples with trailing timesteps: the first call sees t = 999 (pure noise)
+            assert len(calls) == steps and calls[0] == 999 and calls == sorted(calls, reverse=True)
         calls.clear()
         predict_from_features(Counting(), v, a, 1, generator=gen())
         assert len(calls) == small.config.default_steps
@@ -322,3 +323,74 @@ def test_checkpoint_round_trip(small, tmp_path):
     with pytest.raises(CheckpointError, match="wrong shape"):
         from diffsal.checkpoint import load_state_dict_strict
         load_state_dict_strict(create_model(other), loaded.state_dict(), "lite.safetensors")
+
+
+# ----------------------------------------------------------------------------- audio-visual synchrony
+
+def test_interpolation_weights_by_hand():
+    w = interpolation_weights([0.0, 1.0, 2.0], [-1.0, 0.0, 0.25, 1.5, 3.0])
+    expected = torch.tensor([[1, 0, 0], [1, 0, 0], [0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0, 1]])
+    assert torch.allclose(w, expected)
+
+
+def _identity_sync(frames: int = 8, slices: int = 8) -> AudioVisualSync:
+    sync = AudioVisualSync(1, 1, 1, frames, slices, frame_seconds=0.1, slice_seconds=0.1)
+    with torch.no_grad():
+        sync.video.weight.fill_(1.0)
+        sync.video.bias.zero_()
+        sync.audio.weight.fill_(1.0)
+        sync.audio.bias.zero_()
+        sync.slice_to_frame.copy_(torch.eye(frames, slices))
+    return sync
+
+
+def test_sync_map_peaks_where_the_picture_changes_with_the_sound():
+    sync = _identity_sync()
+    sound = torch.tensor([0, 1, 1, 0, 0, 0, 1, 0], dtype=torch.float32)
+    other = torch.tensor([0, 0, 0, 1, 1, 0, 0, 1], dtype=torch.float32)   # just as active, out of step
+    video = torch.zeros(1, 1, 8, 3, 4)
+    video[0, 0, :, 1, 1] = sound
+    video[0, 0, :, 2, 3] = other
+    video[0, 0, :, 0, 0] = 5.0                                            # bright but static
+    m = sync(video, sound.view(1, 1, 8))[0, 0]
+    assert m[1, 1] > 0.2 and m[1, 1] == m.max()
+    assert m[2, 3] < 0
+    assert m[0, 0].abs() < 1e-6 and m[0, 2].abs() < 1e-6
+    # Silence (or a constant hum) carries no timing: the map is zero everywhere.
+    assert sync(video, torch.full((1, 1, 8), 3.0)).abs().max() < 1e-6
+    with pytest.raises(SalstreamError, match="frames"):
+        sync(video[:, :, :4], sound.view(1, 1, 8))
+
+
+def test_sync_reaches_audio_visual_maps_only_and_the_audio_prior_audio_only_maps(small):
+    video, audio = window(small.config)
+    x = torch.randn(1, 1, *small.config.map_size, generator=gen())
+    t = torch.tensor([500])
+    model = create_model("lite", **SMALL)
+    model.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        v, a = encode_window(model, video, audio)
+        before = {m: model.denoise(x, t, *args) for m, args in
+                  {"av": (v, a), "video": (v, None), "audio": (None, a)}.items()}
+        for p in model.sync_proj.parameters():
+            p.add_(torch.randn_like(p))
+        assert not torch.allclose(model.denoise(x, t, v, a), before["av"], atol=1e-4)
+        assert torch.equal(model.denoise(x, t, v, None), before["video"])
+        assert torch.equal(model.denoise(x, t, None, a), before["audio"])
+        after_sync = model.denoise(x, t, v, a)
+        for p in model.audio_prior_proj.parameters():
+            p.add_(torch.randn_like(p))
+        assert not torch.allclose(model.denoise(x, t, None, a), before["audio"], atol=1e-4)
+        assert torch.equal(model.denoise(x, t, v, a), after_sync)
+        assert torch.equal(model.denoise(x, t, v, None), before["video"])
+
+
+def test_v1_configs_still_build_without_sync_or_audio_tail():
+    cfg = default_config("lite")
+    arch = {k: v for k, v in cfg.arch.items() if k not in ("sync_channels", "audio_tail", "sync_level", "audio_prior")}
+    v1 = create_model("lite", arch=arch, **SMALL)
+    assert v1.sync is None and v1.audio_prior is None and v1.audio_cnn.fc.in_features == 128
+    v2 = create_model("lite", **SMALL)
+    assert v2.sync is not None and v2.audio_cnn.fc.in_features == 256
+    extra = set(v2.state_dict()) - set(v1.state_dict())
+    assert extra and all(k.startswith(("sync.", "sync_proj.", "audio_prior")) for k in extra)

@@ -18,8 +18,25 @@ network. What it changes, and why:
   ImageNet features instead of over-fitting them to synthetic shapes.
 * **Per-slice audio CNN** on 64×64 log-mel slices of the causal slice grid
   (:mod:`diffsal.audio`), one 128-d vector per slice, so a slice is encoded once when
-  it completes. The window's slices then pass one transformer layer (with a learned
-  slice-position embedding, which the official code computes and discards).
+  it completes. The vector pools the whole slice *and* its newest ~0.1 s (the part no
+  older slice holds), so the window's slice sequence says when sounds start and stop.
+  The window's slices then pass one transformer layer (with a learned slice-position
+  embedding, which the official code computes and discards).
+* **Audio-visual synchrony map** (:class:`AudioVisualSync`, v2): per position of the
+  stride-16 grid, the temporal covariance over all 16 frames of learned visual and
+  audio properties, added to every stage's video slots. The MIM alone (audio in the
+  attention keys, per slot) did not learn *which* moving object sounds on the CPU
+  training budget (v1: audio-visual CC equal to video-only on the synthetic
+  benchmark); the covariance states the question directly and costs ~1 ms per step.
+  It needs both modalities, so video-only and audio-only maps never depend on it.
+* **Audio-only prior** (v2): without video, a linear read-out of the audio slots gives a
+  coarse map of where the sound comes from, added to the learned null video and to the
+  output logits.
+* **Sampler** (v2): trailing DDIM timesteps and 1 step by default (t = 999: the
+  network's x0 estimate from pure noise, exactly what it was trained for at that t). On
+  the synthetic validation split that scored higher CC than 2 leading steps (t = 500, 0,
+  which hand pure noise to a network expecting a half-clean map) and costs one denoiser
+  call instead of two. More steps stay selectable per call.
 * **Causal target.** The map is for the newest frame of the window (no look-ahead).
 * **Few slots.** The 16 window frames are mixed by learned temporal weights into 4
   video slots (initialised as: three averages of older frames, then the newest frame
@@ -43,12 +60,9 @@ network. What it changes, and why:
 
 Default sizes (see :func:`lite_config`): 192×320 input (backbone strides 8/16/32 give
 24×40, 12×20, 6×10 grids), 48×80 map (the streamer upsamples for display). Cost per new
-frame (``benchmarks/lite_cost.py``, torch FLOP counter): backbone + projections 0.90
-GFLOPs (0.89 of it the backbone; 1.25 at 224×384, hence the smaller input), audio slice
-0.03, one denoiser step 0.40 (any mode). ``default_steps = 2`` (DDIM t = 500, 0) keeps
-the total at 1.73 GFLOPs, inside the 2 GFLOP budget (3 steps would be 2.13); steps
-remain selectable per call, and the right count for a trained checkpoint should be
-re-measured (how much later steps still change the map).
+frame: see ``benchmarks/lite_cost.py`` (torch FLOP counter; backbone + projections ≈0.90
+GFLOPs, 1.25 at 224×384, hence the smaller input; audio slice ≈0.03; one denoiser step
+≈0.41), inside the 2 GFLOP budget at the default single step and at 2 steps.
 """
 from __future__ import annotations
 
@@ -67,14 +81,19 @@ from .base import Features, SaliencyModel
 from .layers import Mlp, from_frames, to_frames
 from .unet import MAMBlock, PadDownsample, Readout, ResnetBlock, TimeEmbedding
 
+# Frame rate the window's timing is laid out for (only initialises the slice-to-frame
+# resampling of the synchrony module; training adapts it).
+NOMINAL_FPS = 30.0
 
-# Frozen (v1): the bundled checkpoint is trained on exactly this architecture and config;
-# changing either means re-training and shipping a new checkpoint.
+
+# Frozen (v2): the bundled checkpoint is trained on exactly this architecture and config;
+# changing either means re-training and shipping a new checkpoint. v1 checkpoints (no
+# "audio_tail", no "sync_channels" in their stored config) still load and run as v1.
 def lite_config() -> ModelConfig:
     return ModelConfig(
         profile="lite", frames=16, frame_stride=2, target_index=15,
         input_size=(192, 320), map_size=(48, 80), pixel_norm="tf", per_frame_video=True,
-        default_steps=2, audio=AudioConfig(n_slices=9, slice_size=(64, 64)),
+        default_steps=1, timestep_spacing="trailing", audio=AudioConfig(n_slices=9, slice_size=(64, 64)),
         arch={
             "backbone": "tf_efficientnet_lite0",
             "backbone_levels": [6, 4, 2],        # timm block indices, coarsest first (strides 32/16/8)
@@ -86,6 +105,10 @@ def lite_config() -> ModelConfig:
             "audio_cnn": [16, 32, 64, 128],
             "audio_heads": 2,
             "audio_mlp": 256,
+            "audio_tail": True,                  # slice vector also describes its newest 0.11 s
+            "sync_channels": 32,                 # audio-visual synchrony maps (0: none, as v1)
+            "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
+            "audio_prior": True,                 # audio-only: audio says where, on the null video
             "noise_channels": 16,
             "readout_channels": 64,
             "head_channels": 32,
@@ -129,10 +152,17 @@ class TemporalMix(nn.Module):
 
 
 class SliceCNN(nn.Module):
-    """One log-mel slice (B, 1, h, w) -> a (B, out) vector: conv3×3/ReLU/max-pool stages, mean-pool, linear."""
+    """One log-mel slice (B, 1, h, w) -> a (B, out) vector: conv3×3/ReLU/max-pool stages, pooling, linear.
 
-    def __init__(self, widths: Sequence[int], out_channels: int):
+    Rows of a slice are time (oldest first), columns mel bands. With ``tail`` the vector
+    also gets the newest row of the last feature map (its last ~0.1 s, pooled over
+    frequency), which no older slice contains: consecutive slices overlap by 83 %, so
+    a plain average would smear *when* a sound started over 0.64 s.
+    """
+
+    def __init__(self, widths: Sequence[int], out_channels: int, tail: bool = False):
         super().__init__()
+        self.tail = tail
         layers: list[nn.Module] = []
         cin = 1
         for i, c in enumerate(widths):
@@ -141,12 +171,15 @@ class SliceCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             cin = c
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, out_channels)
+        self.fc = nn.Linear(2 * cin if tail else cin, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Shift so digital silence (log 0.01) is 0 and typical speech/music is O(1).
-        x = (x - SILENCE_LOG_MEL) * 0.25
-        return self.fc(self.features(x).mean(dim=(2, 3)))
+        f = self.features((x - SILENCE_LOG_MEL) * 0.25)
+        pooled = f.mean(dim=(2, 3))
+        if self.tail:
+            pooled = torch.cat([pooled, f[:, :, -1, :].mean(dim=2)], dim=1)
+        return self.fc(pooled)
 
 
 class SliceTransformer(nn.Module):
@@ -182,6 +215,61 @@ class SliceTransformer(nn.Module):
         x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, s, c))
         x = x + self.mlp(self.norm2(x))
         return self.norm(x).transpose(1, 2)
+
+
+def interpolation_weights(src_times: Sequence[float], dst_times: Sequence[float]) -> torch.Tensor:
+    """(len(dst), len(src)) linear-interpolation weights from samples at ``src_times``
+    (ascending) to ``dst_times``; outside the span the nearest sample is held."""
+    src = torch.as_tensor(src_times, dtype=torch.float64)
+    w = torch.zeros(len(dst_times), len(src_times), dtype=torch.float64)
+    for i, t in enumerate(dst_times):
+        j = int(torch.searchsorted(src, torch.tensor(float(t), dtype=torch.float64)))
+        if j == 0 or j == len(src):
+            w[i, min(j, len(src) - 1)] = 1.0
+            continue
+        f = (float(t) - float(src[j - 1])) / float(src[j] - src[j - 1])
+        w[i, j - 1], w[i, j] = 1.0 - f, f
+    return w.float()
+
+
+class AudioVisualSync(nn.Module):
+    """Where in the picture does something change in step with the sound?
+
+    Per window: each frame's features (B, Cv, T, h, w) and each slice's vector
+    (B, Ca, S) are projected to ``width`` channels; the slice sequence is resampled to
+    the frame times (learned weights, initialised as linear interpolation between the
+    slices' newest parts and the frames' timestamps); both are centred over time and
+    their product averaged over time. Channel c of the result is the temporal
+    covariance, at each position, of a learned visual property with a learned audio
+    property: high where an object lights up while the tone plays, ~0 where activity and
+    sound are unrelated. The official MIM mixes audio into the attention keys per slot,
+    which cannot resolve sub-second timing once the 16 frames are pooled into slots;
+    this map keeps the timing of all 16 frames.
+    """
+
+    def __init__(self, video_channels: int, audio_channels: int, width: int, frames: int, slices: int,
+                 frame_seconds: float, slice_seconds: float):
+        super().__init__()
+        self.frames, self.slices = frames, slices
+        self.video = nn.Conv2d(video_channels, width, 1)
+        self.audio = nn.Linear(audio_channels, width)
+        # Times relative to the newest frame: frame i at -(T-1-i)·Δf; slice j's newest part
+        # (centre of its last hop) at -(S-1-j)·Δs - Δs/2.
+        frame_t = [-(frames - 1 - i) * frame_seconds for i in range(frames)]
+        slice_t = [-(slices - 1 - j) * slice_seconds - slice_seconds / 2 for j in range(slices)]
+        self.slice_to_frame = nn.Parameter(interpolation_weights(slice_t, frame_t))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """video (B, Cv, T, h, w), audio (B, Ca, S) -> (B, width, h, w)."""
+        if video.shape[2] != self.frames or audio.shape[2] != self.slices:
+            raise SalstreamError(f"sync: expected {self.frames} frames and {self.slices} slices, got video "
+                                 f"{tuple(video.shape)} and audio {tuple(audio.shape)}")
+        v = from_frames(self.video(to_frames(video)), self.frames)          # (B, d, T, h, w)
+        a = self.audio(audio.transpose(1, 2)).transpose(1, 2)               # (B, d, S)
+        a = a @ self.slice_to_frame.t()                                      # (B, d, T)
+        v = v - v.mean(dim=2, keepdim=True)
+        a = a - a.mean(dim=2, keepdim=True)
+        return (v * a[..., None, None]).mean(dim=2)
 
 
 class LiteMAMBlock(MAMBlock):
@@ -272,10 +360,30 @@ class LiteDiffSal(SaliencyModel):
         self.video_mix = TemporalMix(config.frames, self.video_slots)
 
         # Audio: per-slice CNN, then per-window transformer and slot mix (inside denoise).
-        self.audio_cnn = SliceCNN(a["audio_cnn"], ca)
+        self.audio_cnn = SliceCNN(a["audio_cnn"], ca, tail=bool(a.get("audio_tail", False)))
         self.audio_transformer = SliceTransformer(ca, config.audio.n_slices, int(a["audio_heads"]),
                                                   int(a["audio_mlp"]))
         self.audio_mix = TemporalMix(config.audio.n_slices, self.num_slots, newest_alone=False)
+
+        # Audio-visual synchrony, added to every stage's video slots (absent when either
+        # modality is: it then contributes nothing, so video-only maps cannot use it).
+        sync = int(a.get("sync_channels", 0))
+        self.sync_level = int(a.get("sync_level", 1))
+        self.sync = None
+        if sync:
+            self.sync = AudioVisualSync(channels[self.sync_level], ca, sync, config.frames, config.audio.n_slices,
+                                        frame_seconds=config.frame_stride / NOMINAL_FPS,
+                                        slice_seconds=config.audio.slice_hop_seconds)
+            self.sync_proj = nn.ModuleList(nn.Conv2d(sync, c, 1) for c in channels)
+        # Audio-only: a coarse "where does it sound from" map read linearly from the audio
+        # slots, added to the null video and to the output logits. Without it the audio
+        # reached an audio-only map through the attention keys alone and v1 drew maps
+        # less like the ground truth than a centre prior.
+        self.audio_prior = None
+        if a.get("audio_prior", False):
+            gh, gw = self.grids[self.sync_level]
+            self.audio_prior = nn.Linear(ca * self.num_slots, gh * gw)
+            self.audio_prior_proj = nn.ModuleList(nn.Conv2d(1, c, 1) for c in channels)
 
         # Learned stand-ins for a missing modality (post-mix, so they cost nothing to "encode").
         self.null_audio = nn.Parameter(torch.randn(1, ca, self.num_slots, 1, 1) * 0.02)
@@ -354,12 +462,28 @@ class LiteDiffSal(SaliencyModel):
                 h = self.noise_down[i](h)
         return f_in, feats[::-1]
 
-    def video_slot_stacks(self, video_feats: Optional[Sequence[torch.Tensor]], batch: int) -> list[torch.Tensor]:
+    def video_slot_stacks(self, video_feats: Optional[Sequence[torch.Tensor]], batch: int,
+                          audio_feats: Optional[torch.Tensor] = None,
+                          where: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         if video_feats is None:
-            return [n.expand(batch, -1, self.video_slots, -1, -1) for n in self.null_video]
+            stacks = [n.expand(batch, -1, self.video_slots, -1, -1) for n in self.null_video]
+            return stacks if where is None else self._add_to_slots(stacks, where, self.audio_prior_proj)
         if len(video_feats) != len(self.grids):
             raise SalstreamError(f"lite denoise takes {len(self.grids)} video feature maps, got {len(video_feats)}")
-        return [self.video_mix(v) for v in video_feats]
+        stacks = [self.video_mix(v) for v in video_feats]
+        if self.sync is None or audio_feats is None:
+            return stacks
+        return self._add_to_slots(stacks, self.sync(video_feats[self.sync_level], audio_feats), self.sync_proj)
+
+    @staticmethod
+    def _add_to_slots(stacks: list[torch.Tensor], m: torch.Tensor, projections: nn.ModuleList) -> list[torch.Tensor]:
+        """Add ``m`` (B, c, h, w), resized to each stage's grid and projected, to every slot."""
+        out = []
+        for proj, s in zip(projections, stacks):
+            r = m if tuple(s.shape[-2:]) == tuple(m.shape[-2:]) else \
+                F.interpolate(m, size=tuple(s.shape[-2:]), mode="bilinear", align_corners=False)
+            out.append(s + proj(r).unsqueeze(2))
+        return out
 
     def audio_slot_stack(self, audio_feats: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         if audio_feats is None:
@@ -381,8 +505,12 @@ class LiteDiffSal(SaliencyModel):
                                  f"{self.config.map_size[1]})")
         b = x_t.shape[0]
         f_in, noise = self.noise_features(x_t, t)
-        video = self.video_slot_stacks(video_feats, b)
         audio = self.audio_slot_stack(audio_feats, b)
+        where = None
+        if video_feats is None and self.audio_prior is not None:
+            gh, gw = self.grids[self.sync_level]
+            where = self.audio_prior(audio.flatten(1)).reshape(-1, 1, gh, gw)   # logits of "sounds from here"
+        video = self.video_slot_stacks(video_feats, b, audio_feats, where)
         fine = self.grids[-1]
         total = None
         x = None
@@ -402,7 +530,13 @@ class LiteDiffSal(SaliencyModel):
         h = F.interpolate(self.mt_proj(total), size=tuple(self.config.map_size), mode="bilinear",
                           align_corners=False)
         h = F.silu(h + self.noise_skip(f_in))
-        return torch.sigmoid(self.logits(h))
+        logits = self.logits(h)
+        if where is not None:
+            # Also straight onto the output logits: a diffuse "where" map (the best guess when
+            # only audio is known) learns far faster here than through the whole decoder.
+            logits = logits + F.interpolate(where, size=tuple(self.config.map_size), mode="bilinear",
+                                            align_corners=False)
+        return torch.sigmoid(logits)
 
 
 @register_profile("lite", lite_config)
