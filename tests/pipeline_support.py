@@ -1,12 +1,18 @@
-"""Shared pieces of the pipeline tests: a small real `lite` model and a deliberately slow engine."""
+"""Shared pieces of the pipeline tests: a small real `lite` model and a deliberately slow engine.
+
+Test modules that want the module-scoped ``engine`` / ``small_checkpoint`` fixtures import
+them by name (pytest picks fixtures up from a module's namespace).
+"""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 from diffsal import create_model, default_config
+from diffsal.checkpoint import save_checkpoint
 from engines import create_engine
 
 
@@ -31,6 +37,19 @@ def small_lite_engine(seed: int = 0):
     arch = dict(default_config("lite").arch, kv_kernels=[1, 2, 4])    # K/V pooling that tiles the small grids
     model = create_model("lite", input_size=(64, 96), map_size=(16, 24), arch=arch)
     return create_engine("torch", model=model)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The small lite engine, run with one torch thread for the whole test module."""
+    with one_torch_thread():
+        yield small_lite_engine()
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(engine, tmp_path_factory):
+    """The small engine's weights as a checkpoint file (for the CLI and subprocesses)."""
+    return save_checkpoint(engine.model, tmp_path_factory.mktemp("ckpt") / "small_lite.safetensors")
 
 
 class SlowEngine:

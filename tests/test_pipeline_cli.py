@@ -13,8 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from diffsal.checkpoint import save_checkpoint
-from pipeline_support import one_torch_thread, small_lite_engine
+from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
 from streamer import cli
 from streamer.overlay import OverlayRecorder, blend, heatmap
 from streamer.pipeline import Pipeline, PipelineOptions
@@ -22,17 +21,6 @@ from streamer.subscriber import Subscriber
 from streamer.testing.media import write_test_clip
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with one_torch_thread():
-        yield small_lite_engine()
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(engine, tmp_path_factory):
-    return save_checkpoint(engine.model, tmp_path_factory.mktemp("ckpt") / "small_lite.safetensors")
 
 
 def test_run_help_explains_every_option(capsys):

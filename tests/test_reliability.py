@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import zmq
 
-from diffsal.checkpoint import save_checkpoint
 from diffsal.errors import SalstreamError
-from pipeline_support import one_torch_thread, small_lite_engine
+from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
 from streamer import cli, wire
 from streamer.pipeline import Pipeline, PipelineOptions
 from streamer.publish import DEFAULT_ADDRESS, Publisher, _is_loopback
@@ -36,17 +35,6 @@ from streamer.testing.rtsp import RtspTestServer, free_port, system_python
 REPO = Path(__file__).resolve().parent.parent
 needs_rtsp = pytest.mark.skipif(system_python() is None,
                                 reason="GStreamer RTSP server bindings missing (run scripts/install-system-deps)")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with one_torch_thread():
-        yield small_lite_engine()
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(engine, tmp_path_factory):
-    return save_checkpoint(engine.model, tmp_path_factory.mktemp("ckpt") / "small_lite.safetensors")
 
 
 class LiveRun:
