@@ -16,18 +16,12 @@ from diffsal.checkpoint import save_checkpoint  # noqa: E402
 from diffsal.errors import SalstreamError  # noqa: E402
 from diffsal.registry import _BUILDERS, register_profile  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
-from pipeline_support import one_torch_thread, small_lite_engine  # noqa: E402
+from pipeline_support import engine  # noqa: F401,E402  (module-scoped fixture)
 from streamer import cli  # noqa: E402
 from streamer.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from streamer.publish import Publisher  # noqa: E402
 from streamer.testing.media import write_test_clip  # noqa: E402
 from streamer.testing.rtsp import free_port  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with one_torch_thread():
-        yield small_lite_engine()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from diffsal import audio as afeat
 from diffsal.errors import SalstreamError
-from pipeline_support import SlowEngine, one_torch_thread, small_lite_engine
+from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
 from streamer import wire
 from streamer.buffer import WindowAssembler
 from streamer.media import VideoFrame
@@ -22,12 +22,6 @@ from streamer.testing.media import write_test_clip
 from streamer.testing.rtsp import RtspTestServer, system_python
 
 HOP_S = afeat.slice_hop_samples() / afeat.SAMPLE_RATE
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with one_torch_thread():
-        yield small_lite_engine()
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,12 @@ import torch
 
 from diffsal.diffusion import DDIMScheduler
 from diffsal.inference import predict_window
-from pipeline_support import SlowEngine, one_torch_thread, small_lite_engine
+from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
 from streamer.buffer import AUDIO_RATE, WindowAssembler
 from streamer.media import AudioChunk, StreamEvent, VideoFrame
 from streamer.scheduler import Scheduler
 
 FPS = 30.0
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with one_torch_thread():
-        yield small_lite_engine()
 
 
 def make_windows(cfg, n_frames: int, stream="0", seed=0, audio=True, hop=1):
@@ -86,8 +80,10 @@ def test_latency_stages_are_contiguous(engine):
     sched.close()
     for r in results:
         lat = r.latency_ms
-        # 1000 // 3 = 333 gives t = 999, 666, 333, 0: the sampler's real call count is reported
-        assert len(lat["denoise"]) == len(DDIMScheduler().set_timesteps(3)) == r.steps
+        # the sampler's real call count is reported (leading spacing would make 3 steps 4 calls:
+        # 1000 // 3 = 333 gives t = 999, 666, 333, 0)
+        spacing = engine.config.timestep_spacing
+        assert len(lat["denoise"]) == len(DDIMScheduler(timestep_spacing=spacing).set_timesteps(3)) == r.steps
         parts = [lat["assemble"], lat["wait"], lat["video_encoder"], lat["audio_encoder"], *lat["denoise"],
                  lat["postprocess"]]
         assert all(p >= 0 for p in parts)
@@ -250,6 +246,9 @@ def test_warm_start_runs_fewer_steps_from_the_previous_map(engine):
     for w in windows:
         sched.submit(w)
     sched.close()
-    # 4 steps visit t = 750, 500, 250, 0; warm-started windows keep only t <= 250
-    assert [r.steps for r in results] == [4, 2, 2, 2]
+    # warm-started windows keep only the steps at or below t = 250 (lite's trailing
+    # spacing: 999, 749, 499, 249 -> 249)
+    warm = DDIMScheduler(timestep_spacing=engine.config.timestep_spacing).set_timesteps(4, start_timestep=250)
+    assert len(warm) < 4
+    assert [r.steps for r in results] == [4] + [len(warm)] * 3
     assert [bool(r.window.flags.get("warm_start")) for r in results] == [False, True, True, True]
