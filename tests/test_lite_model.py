@@ -387,10 +387,11 @@ def test_sync_reaches_audio_visual_maps_only_and_the_audio_prior_audio_only_maps
 
 def test_v1_configs_still_build_without_sync_or_audio_tail():
     cfg = default_config("lite")
-    arch = {k: v for k, v in cfg.arch.items() if k not in ("sync_channels", "audio_tail", "sync_level", "audio_prior")}
+    arch = {k: v for k, v in cfg.arch.items()
+            if k not in ("sync_channels", "audio_tail", "sync_level", "audio_prior", "audio_spectrum")}
     v1 = create_model("lite", arch=arch, **SMALL)
     assert v1.sync is None and v1.audio_prior is None and v1.audio_cnn.fc.in_features == 128
     v2 = create_model("lite", **SMALL)
-    assert v2.sync is not None and v2.audio_cnn.fc.in_features == 256
+    assert v2.sync is not None and v2.audio_cnn.fc.in_features == 256 + 64
     extra = set(v2.state_dict()) - set(v1.state_dict())
     assert extra and all(k.startswith(("sync.", "sync_proj.", "audio_prior")) for k in extra)

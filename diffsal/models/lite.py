@@ -19,7 +19,9 @@ network. What it changes, and why:
 * **Per-slice audio CNN** on 64×64 log-mel slices of the causal slice grid
   (:mod:`diffsal.audio`), one 128-d vector per slice, so a slice is encoded once when
   it completes. The vector pools the whole slice *and* its newest ~0.1 s (the part no
-  older slice holds), so the window's slice sequence says when sounds start and stop.
+  older slice holds), so the window's slice sequence says when sounds start and stop,
+  and it sees the slice's average spectrum, so it knows which bands are loud (a CNN
+  with global pooling is nearly blind to pitch).
   The window's slices then pass one transformer layer (with a learned slice-position
   embedding, which the official code computes and discards).
 * **Audio-visual synchrony map** (:class:`AudioVisualSync`, v2): per position of the
@@ -106,6 +108,7 @@ def lite_config() -> ModelConfig:
             "audio_heads": 2,
             "audio_mlp": 256,
             "audio_tail": True,                  # slice vector also describes its newest 0.11 s
+            "audio_spectrum": True,              # ... and its average spectrum (pitch, timbre)
             "sync_channels": 32,                 # audio-visual synchrony maps (0: none, as v1)
             "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
             "audio_prior": True,                 # audio-only: audio says where, on the null video
@@ -160,9 +163,10 @@ class SliceCNN(nn.Module):
     a plain average would smear *when* a sound started over 0.64 s.
     """
 
-    def __init__(self, widths: Sequence[int], out_channels: int, tail: bool = False):
+    def __init__(self, widths: Sequence[int], out_channels: int, tail: bool = False, spectrum_bands: int = 0):
         super().__init__()
         self.tail = tail
+        self.spectrum_bands = spectrum_bands
         layers: list[nn.Module] = []
         cin = 1
         for i, c in enumerate(widths):
@@ -171,15 +175,23 @@ class SliceCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             cin = c
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(2 * cin if tail else cin, out_channels)
+        self.fc = nn.Linear((2 * cin if tail else cin) + spectrum_bands, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Shift so digital silence (log 0.01) is 0 and typical speech/music is O(1).
-        f = self.features((x - SILENCE_LOG_MEL) * 0.25)
-        pooled = f.mean(dim=(2, 3))
+        x = (x - SILENCE_LOG_MEL) * 0.25
+        f = self.features(x)
+        parts = [f.mean(dim=(2, 3))]
         if self.tail:
-            pooled = torch.cat([pooled, f[:, :, -1, :].mean(dim=2)], dim=1)
-        return self.fc(pooled)
+            parts.append(f[:, :, -1, :].mean(dim=2))
+        if self.spectrum_bands:
+            # The slice's average spectrum: convolutions + global pooling are blind to *which*
+            # band is loud (pitch, overtones), the spectrum keeps it.
+            if x.shape[-1] != self.spectrum_bands:
+                raise SalstreamError(f"audio slice has {x.shape[-1]} mel columns, the model expects "
+                                     f"{self.spectrum_bands}")
+            parts.append(x.mean(dim=2).flatten(1))
+        return self.fc(torch.cat(parts, dim=1))
 
 
 class SliceTransformer(nn.Module):
@@ -360,7 +372,8 @@ class LiteDiffSal(SaliencyModel):
         self.video_mix = TemporalMix(config.frames, self.video_slots)
 
         # Audio: per-slice CNN, then per-window transformer and slot mix (inside denoise).
-        self.audio_cnn = SliceCNN(a["audio_cnn"], ca, tail=bool(a.get("audio_tail", False)))
+        self.audio_cnn = SliceCNN(a["audio_cnn"], ca, tail=bool(a.get("audio_tail", False)),
+                                  spectrum_bands=config.audio.slice_size[1] if a.get("audio_spectrum") else 0)
         self.audio_transformer = SliceTransformer(ca, config.audio.n_slices, int(a["audio_heads"]),
                                                   int(a["audio_mlp"]))
         self.audio_mix = TemporalMix(config.audio.n_slices, self.num_slots, newest_alone=False)
