@@ -189,7 +189,7 @@ def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(),
                     reason="bundled diffsal/weights/lite_synthetic.safetensors not present (train it with the "
                            "command in diffsal/weights/README.md)")
-def test_bundled_checkpoint_beats_the_centre_prior():
+def test_bundled_checkpoint_finds_the_sounding_object():
     from diffsal.datasets.synthetic import SyntheticClip, split_seed
     from diffsal.datasets.windows import WindowSource
     from diffsal.inference import predict_window
@@ -212,13 +212,17 @@ def test_bundled_checkpoint_beats_the_centre_prior():
         def audio(self):
             return self.c.audio(), self.c.sample_rate
 
-    scores = {"av": [], "centre": []}
+    scores = {"av": [], "video": [], "centre": []}
     for k in range(3):
         src = WindowSource(_Clip(SyntheticClip(split_seed("test", k), n_frames=90)), model.config)
         for t in (60, 89):
             v, a = src.video_input(t)[None], src.audio_input(t)[None]
-            pred = postprocess_map(predict_window(model, v, a, "av", generator=torch.Generator().manual_seed(0)))[0]
             gt = src.video.density(t)
-            scores["av"].append(M.cc(pred, gt))
+            for mode in ("av", "video"):
+                pred = predict_window(model, v, a, mode, generator=torch.Generator().manual_seed(0))
+                scores[mode].append(M.cc(postprocess_map(pred)[0], gt))
             scores["centre"].append(M.cc(centre_prior(gt.shape), gt))
+    # Held-out clips: the sound tells which moving object to mark (README: 0.91 vs 0.69 on 800 windows).
+    assert np.mean(scores["av"]) > 0.7
+    assert np.mean(scores["av"]) > np.mean(scores["video"]) + 0.1
     assert np.mean(scores["av"]) > np.mean(scores["centre"]) + 0.2

@@ -1,0 +1,75 @@
+"""Which DDIM setting should a `lite` checkpoint sample with? Mean CC per mode on the
+synthetic **validation** split (never the test split) for several step counts and both
+timestep spacings.
+
+    .venv/bin/python benchmarks/lite_sampler_val.py                          # the bundled weights
+    .venv/bin/python benchmarks/lite_sampler_val.py --checkpoint runs/x/best.safetensors
+
+Scores 96 windows spread over the 8 validation clips (the ones ``salstream train`` uses),
+seeded noise, and writes JSON (default
+``benchmarks/results/lite_synthetic_eval/sampler_val.json``) plus a markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffsal import metrics as M  # noqa: E402
+from diffsal.checkpoint import load_model  # noqa: E402
+from diffsal.datasets.layout import load_videos  # noqa: E402
+from diffsal.datasets.synthetic import write_synthetic  # noqa: E402
+from diffsal.evaluate import DEFAULT_CHECKPOINT, default_data_root  # noqa: E402
+from diffsal.inference import predict_from_features  # noqa: E402
+from diffsal.preprocess import postprocess_map  # noqa: E402
+from diffsal.train import Batcher, training_targets  # noqa: E402
+
+SETTINGS = [("trailing", 1), ("trailing", 2), ("trailing", 4), ("leading", 2), ("leading", 4)]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--windows", type=int, default=96)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "lite_synthetic_eval"
+                                        / "sampler_val.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint, profile="lite").eval()
+    root = write_synthetic(default_data_root() / "synthetic", {"val": 8})
+    videos = load_videos(root, "val", datasets=["Synthetic"])["Synthetic"][:8]
+    every = training_targets(model.config, videos, 1)
+    pick = np.linspace(0, len(every) - 1, args.windows).round().astype(int)
+    samples = [every[i] for i in pick]
+    batcher = Batcher(model, videos, samples, progress=False)
+    rows: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        batches = [samples[i:i + 8] for i in range(0, len(samples), 8)]
+        feats = [(batcher.video(b, False), batcher.audio(b, False), batcher.targets(b)) for b in batches]
+        for spacing, steps in SETTINGS:
+            scores: dict[str, list[float]] = {"av": [], "video": [], "audio": []}
+            for k, (v, a, gts) in enumerate(feats):
+                for mode in scores:
+                    x0 = predict_from_features(model, v if mode != "audio" else None, a if mode != "video" else None,
+                                               len(gts), steps, generator=torch.Generator().manual_seed(k),
+                                               timestep_spacing=spacing)
+                    scores[mode] += [M.cc(pm, g[0].numpy()) for pm, g in zip(postprocess_map(x0), gts)]
+            rows[f"{spacing} {steps}"] = {m: round(float(np.mean(s)), 3) for m, s in scores.items()}
+    print("| spacing, steps | AV CC | video CC | audio CC |\n|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['av']:.3f} | {r['video']:.3f} | {r['audio']:.3f} |")
+    result = {"checkpoint": Path(args.checkpoint).name, "windows": len(samples), "split": "val", "cc": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
