@@ -277,6 +277,34 @@ def test_refused_network_stream_is_a_clear_error():
         open_source("rtsp://127.0.0.1:9/none", open_timeout=2, read_timeout=2)
 
 
+def test_stream_that_is_not_ready_yet_is_asked_again_until_open_timeout(av_clip, monkeypatch):
+    # A server that answers before its encoder runs makes FFmpeg report invalid data; the
+    # source keeps asking (here: twice refused, then the real media) instead of failing.
+    import streamer.sources.pyav as pyav_mod
+    real_open, calls = av.open, []
+
+    def starting_server(url, **kwargs):
+        calls.append(url)
+        if len(calls) <= 2:
+            raise av.error.InvalidDataError(-1094995529, "Invalid data found when processing input", url)
+        return real_open(str(av_clip.path))
+
+    monkeypatch.setattr(pyav_mod.av, "open", starting_server)
+    src = open_source("rtsp://127.0.0.1:9/warming-up", open_timeout=5, read_timeout=2)
+    try:
+        assert len(calls) == 3 and src.has_audio
+    finally:
+        src.close()
+    def never_ready(url, **kwargs):
+        raise av.error.InvalidDataError(-1094995529, "Invalid data found when processing input", url)
+
+    monkeypatch.setattr(pyav_mod.av, "open", never_ready)
+    start = time.monotonic()
+    with pytest.raises(SalstreamError, match="waited up to 1 s"):
+        open_source("rtsp://127.0.0.1:9/never-ready", open_timeout=1, read_timeout=1)
+    assert time.monotonic() - start < 3
+
+
 # --------------------------------------------------------------------------- webcam
 def test_missing_camera_fails_fast_with_a_clear_error():
     start = time.monotonic()

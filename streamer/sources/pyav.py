@@ -33,6 +33,7 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 
 # Errors PyAV/FFmpeg raise for unreadable input, refused connections and timeouts.
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EOFError)
+OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
 
 
 def _redact(url: str) -> str:
@@ -117,11 +118,20 @@ class PyAVSource(Source):
             if not path.is_file():
                 raise SalstreamError(f"source {self.url!r}: no such file; give an existing media file, "
                                      "rtsp://…, http(s)://…, webcam:N or synthetic")
+        kwargs = {"options": self._options()}
+        if self.network:
+            kwargs["timeout"] = (self.open_timeout, self.read_timeout)
+        deadline = time.monotonic() + self.open_timeout
         try:
-            kwargs = {"options": self._options()}
-            if self.network:
-                kwargs["timeout"] = (self.open_timeout, self.read_timeout)
-            return av.open(target, **kwargs)
+            while True:
+                try:
+                    return av.open(target, **kwargs)
+                except av.error.InvalidDataError:
+                    # The server answered but had no usable stream description yet (a camera or
+                    # RTSP server still starting its encoder): ask again until open_timeout.
+                    if not self.network or time.monotonic() + OPEN_RETRY_DELAY >= deadline:
+                        raise
+                    time.sleep(OPEN_RETRY_DELAY)
         except _AV_ERRORS as exc:
             where = _redact(self.url)
             if self.network:
