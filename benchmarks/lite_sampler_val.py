@@ -21,14 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsal import metrics as M  # noqa: E402
 from diffsal.checkpoint import load_model  # noqa: E402
 from diffsal.datasets.layout import load_videos  # noqa: E402
 from diffsal.datasets.synthetic import write_synthetic  # noqa: E402
 from diffsal.evaluate import DEFAULT_CHECKPOINT, default_data_root  # noqa: E402
-from diffsal.inference import predict_from_features  # noqa: E402
-from diffsal.preprocess import postprocess_map  # noqa: E402
-from diffsal.train import Batcher, training_targets  # noqa: E402
+from diffsal.train import Batcher, quick_validation, training_targets  # noqa: E402
 
 SETTINGS = [("trailing", 1), ("trailing", 2), ("trailing", 4), ("leading", 2), ("leading", 4)]
 
@@ -50,18 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     samples = [every[i] for i in pick]
     batcher = Batcher(model, videos, samples, progress=False)
     rows: dict[str, dict[str, float]] = {}
-    with torch.inference_mode():
-        batches = [samples[i:i + 8] for i in range(0, len(samples), 8)]
-        feats = [(batcher.video(b, False), batcher.audio(b, False), batcher.targets(b)) for b in batches]
-        for spacing, steps in SETTINGS:
-            scores: dict[str, list[float]] = {"av": [], "video": [], "audio": []}
-            for k, (v, a, gts) in enumerate(feats):
-                for mode in scores:
-                    x0 = predict_from_features(model, v if mode != "audio" else None, a if mode != "video" else None,
-                                               len(gts), steps, generator=torch.Generator().manual_seed(k),
-                                               timestep_spacing=spacing)
-                    scores[mode] += [M.cc(pm, g[0].numpy()) for pm, g in zip(postprocess_map(x0), gts)]
-            rows[f"{spacing} {steps}"] = {m: round(float(np.mean(s)), 3) for m, s in scores.items()}
+    for spacing, steps in SETTINGS:
+        cc = quick_validation(model, batcher, samples, steps, True, timestep_spacing=spacing)
+        rows[f"{spacing} {steps}"] = {m: round(cc[f"val_cc_{m}"], 3) for m in ("av", "video", "audio")}
     print("| spacing, steps | AV CC | video CC | audio CC |\n|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['av']:.3f} | {r['video']:.3f} | {r['audio']:.3f} |")

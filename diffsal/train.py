@@ -259,8 +259,9 @@ def pick_mode(rng: random.Random, probs: Sequence[float], has_audio: bool) -> st
 
 @torch.inference_mode()
 def quick_validation(model, batcher: Batcher, samples: list[tuple[int, int]], steps: Optional[int],
-                     has_audio: bool, seed: int = 0) -> dict[str, float]:
-    """Mean CC per mode on fixed validation windows (the same DDIM loop as inference)."""
+                     has_audio: bool, seed: int = 0, **sample_kwargs) -> dict[str, float]:
+    """Mean CC per mode on fixed validation windows (the same DDIM loop as inference;
+    ``sample_kwargs`` go to the sampler, e.g. ``timestep_spacing``)."""
     from . import metrics as M
     from .inference import predict_from_features
     from .preprocess import postprocess_map
@@ -275,7 +276,7 @@ def quick_validation(model, batcher: Batcher, samples: list[tuple[int, int]], st
         for m in modes:
             g = torch.Generator().manual_seed(seed + b0)
             x0 = predict_from_features(model, v if m != "audio" else None, a if m != "video" else None,
-                                       len(batch), steps, generator=g)
+                                       len(batch), steps, generator=g, **sample_kwargs)
             for p, gt in zip(postprocess_map(x0), gts):
                 if gt.sum() > 0:
                     scores[m].append(M.cc(p, gt[0].numpy()))
