@@ -70,6 +70,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -232,16 +233,9 @@ class SliceTransformer(nn.Module):
 def interpolation_weights(src_times: Sequence[float], dst_times: Sequence[float]) -> torch.Tensor:
     """(len(dst), len(src)) linear-interpolation weights from samples at ``src_times``
     (ascending) to ``dst_times``; outside the span the nearest sample is held."""
-    src = torch.as_tensor(src_times, dtype=torch.float64)
-    w = torch.zeros(len(dst_times), len(src_times), dtype=torch.float64)
-    for i, t in enumerate(dst_times):
-        j = int(torch.searchsorted(src, torch.tensor(float(t), dtype=torch.float64)))
-        if j == 0 or j == len(src):
-            w[i, min(j, len(src) - 1)] = 1.0
-            continue
-        f = (float(t) - float(src[j - 1])) / float(src[j] - src[j - 1])
-        w[i, j - 1], w[i, j] = 1.0 - f, f
-    return w.float()
+    basis = np.eye(len(src_times))   # column j: interpolate the j-th unit impulse
+    w = np.stack([np.interp(dst_times, src_times, basis[j]) for j in range(len(src_times))], axis=1)
+    return torch.from_numpy(w).float()
 
 
 class AudioVisualSync(nn.Module):
