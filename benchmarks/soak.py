@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamer.pipeline import Pipeline, PipelineOptions, load_engine  # noqa: E402
 from streamer.subscriber import Subscriber  # noqa: E402
+from streamer.testing.process import open_descriptors, settled  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05     # after warm-up
 P95_DRIFT_LIMIT = 0.25      # last third's p95 at most 25 % above the first third's (plus DRIFT_SLACK_MS)
@@ -64,20 +65,6 @@ def os_threads() -> int:
     return -1
 
 
-def fds() -> tuple[int, set[str]]:
-    """(number of open descriptors, the socket inodes among them)."""
-    n, sockets = 0, set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue          # the descriptor listdir itself used, already closed
-        n += 1
-        if target.startswith("socket:"):
-            sockets.add(target)
-    return n, sockets
-
-
 def python_threads() -> set[str]:
     return {f"{t.name}#{t.ident}" for t in threading.enumerate()}
 
@@ -97,7 +84,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while True:
-            n, sockets = fds()
+            n, sockets = open_descriptors()
             self.samples.append({"t": round(time.monotonic() - self.t0, 2), "rss_mb": round(rss_mb(), 2),
                                  "os_threads": os_threads(), "python_threads": threading.active_count(),
                                  "fds": n, "sockets": len(sockets), "maps": self.maps_seen()})
@@ -116,16 +103,6 @@ def churn(endpoint: str, stop: threading.Event, every: float, counts: dict) -> N
                     got += 1
         counts["joins"] += 1
         counts["maps"] += got
-
-
-def settle(probe, want, timeout: float = 5.0):
-    """ZeroMQ closes sockets in its own I/O thread, a moment after close(): wait for it."""
-    deadline = time.monotonic() + timeout
-    got = probe()
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.1)
-        got = probe()
-    return got
 
 
 def build_engine(args):
@@ -153,7 +130,7 @@ def soak(args) -> dict:
     zmq.Context.instance().socket(zmq.PUB).close(0)
     time.sleep(0.2)
     load_start = os.getloadavg()
-    threads_before, (fds_before, sockets_before) = python_threads(), fds()
+    threads_before, (fds_before, sockets_before) = python_threads(), open_descriptors()
     os_threads_before = os_threads()
 
     opts = PipelineOptions(sources=[args.source] * args.streams, steps=args.steps, threads=args.threads,
@@ -199,9 +176,9 @@ def soak(args) -> dict:
     summary = result["summary"]
     del pipe, result                  # let the pipeline's objects go before the "after" snapshot
 
-    threads_after = settle(python_threads, threads_before)
-    sockets_after = settle(lambda: fds()[1], sockets_before)
-    fds_after = settle(lambda: fds()[0], fds_before)
+    threads_after = settled(python_threads, threads_before, interval=0.1)
+    sockets_after = settled(lambda: open_descriptors()[1], sockets_before, interval=0.1)
+    fds_after = settled(lambda: open_descriptors()[0], fds_before, interval=0.1)
 
     samples = sampler.samples
     after_warmup = [s for s in samples if s["t"] >= warmup] or samples

@@ -30,6 +30,7 @@ from streamer.sources.synthetic import SyntheticSource
 from streamer.sources.webcam import WebcamSource
 from streamer.subscriber import Subscriber
 from streamer.testing.media import write_test_clip
+from streamer.testing.process import open_descriptors, settled
 from streamer.testing.rtsp import RtspTestServer, free_port, system_python
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,28 +265,6 @@ def test_cli_exits_1_when_the_input_fails_for_good(small_checkpoint, tmp_path, c
 
 
 # --------------------------------------------------------------------------- shutdown
-def _socket_fds() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
-def _settled(probe: Callable[[], object], want: object, timeout: float = 5.0) -> object:
-    """ZeroMQ closes sockets in its I/O thread: give it a moment to reach ``want``."""
-    deadline = time.monotonic() + timeout
-    got = probe()
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = probe()
-    return got
-
-
 @needs_rtsp
 @pytest.mark.parametrize("sig, streams", [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
 def test_signal_during_a_live_rtsp_run_exits_0_playable_and_leak_free(sig, streams, small_checkpoint, tmp_path,
@@ -299,7 +278,7 @@ def test_signal_during_a_live_rtsp_run_exits_0_playable_and_leak_free(sig, strea
         "--steps", "1", "--threads", "1", "--no-frames"]
     zmq.Context.instance()                   # the shared context (and its I/O thread) outlives any run
     threads_before = set(threading.enumerate())
-    sockets_before = _socket_fds()
+    sockets_before = open_descriptors()[1]
     seen: dict[str, int] = {}
     returned = threading.Event()             # the run ended by itself: nobody to signal any more
 
@@ -328,7 +307,8 @@ def test_signal_during_a_live_rtsp_run_exits_0_playable_and_leak_free(sig, strea
         assert code == 0, err
         assert "finishing" in err and "maps in" in out and "Traceback" not in err
         assert set(threading.enumerate()) == threads_before, "threads left running after the run"
-        assert _settled(_socket_fds, sockets_before) == sockets_before, "sockets left open after the run"
+        assert settled(lambda: open_descriptors()[1], sockets_before) == sockets_before, \
+            "sockets left open after the run"
     finally:
         server.close()
     with av.open(str(record)) as c:
