@@ -59,6 +59,8 @@ class TrainOptions:
     threads: Optional[int] = None
     max_steps_per_epoch: Optional[int] = None
     val_windows: int = 48
+    train_only: tuple[str, ...] = ()   # parameter-name prefixes; empty: everything trainable
+    select_mode: Optional[str] = None  # model selection by this mode's val CC (default av, else video)
 
 
 # --------------------------------------------------------------------------- samples
@@ -167,10 +169,12 @@ def _bar(total: int, desc: str, unit: str):
 class Batcher:
     """Assembles (video features | clips, audio inputs, target maps) for lists of samples."""
 
-    def __init__(self, model, videos: list[Video], samples: list[tuple[int, int]], progress: bool = True):
+    def __init__(self, model, videos: list[Video], samples: list[tuple[int, int]], progress: bool = True,
+                 video: bool = True):
         self.model, self.cfg, self.videos = model, model.config, videos
         self.sources = [WindowSource(v, self.cfg) for v in videos]
-        split = frozen_frame_encoder(model)
+        self.use_video = video   # False: audio-only training, no frame features to compute
+        split = frozen_frame_encoder(model) if video else None
         self.cache_video = split is not None
         self.cached_fn, self.trainable_fn = split if split else (None, None)
         self.has_audio = all(v.has_audio for v in videos)
@@ -191,7 +195,7 @@ class Batcher:
                 slices.setdefault(vi, set()).update(lite_slice_indices(cfg, t, v.fps))
             if (vi, t) not in self.maps:
                 self.maps[(vi, t)] = self.sources[vi].target_map(t).to(torch.float16)
-        if self.cache_video:
+        if self.cache_video and self.use_video:
             store = FrameFeatureStore(self.cached_fn, self.sources, frames, progress=progress)
             if self.frames is None:
                 self.frames = store
@@ -206,6 +210,8 @@ class Batcher:
 
     def video(self, batch: list[tuple[int, int]], grad: bool) -> Any:
         cfg = self.cfg
+        if not self.use_video:
+            raise SalstreamError("this batcher was built for audio-only training: it holds no video")
         if self.cache_video:
             # (B·T) cached frames -> trainable per-frame part -> (B, C, T, h, w) per level
             items = [f for vi, t in batch for f in self.frames.window(cfg, vi, t, self.videos[vi].n_frames)]
@@ -287,6 +293,55 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def freeze_all_but(model, prefixes: Sequence[str]) -> list[str]:
+    """Train only parameters whose names start with one of ``prefixes``; returns their names."""
+    kept = []
+    for name, p in model.named_parameters():
+        keep = any(name == pre or name.startswith(pre.rstrip(".") + ".") for pre in prefixes)
+        p.requires_grad_(keep and p.requires_grad)
+        if p.requires_grad:
+            kept.append(name)
+    if not kept:
+        raise SalstreamError(f"--train-only {','.join(prefixes)}: no trainable parameter has that name prefix; "
+                             "the model's top-level modules are: "
+                             + ", ".join(sorted({n.split('.')[0] for n, _ in model.named_parameters()})))
+    return kept
+
+
+def load_initial_weights(model, path: Path, log=print) -> None:
+    """Copy every tensor of checkpoint ``path`` whose name and shape match into ``model``.
+
+    For staged training (``--init``): the parts the checkpoint lacks must all be trainable,
+    so nothing frozen is left at its random initial value.
+    """
+    from .checkpoint import load_state
+    _, state = load_state(path)
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    params = dict(model.named_parameters())
+    untouched = [k for k in own if k not in taken]
+    frozen_untouched = [k for k in untouched if k in params and not params[k].requires_grad]
+    if frozen_untouched:
+        raise SalstreamError(f"--init {path}: {len(frozen_untouched)} frozen parameters are not in the checkpoint "
+                             f"(e.g. {', '.join(frozen_untouched[:3])}); train them too (--train-only) or init "
+                             "from a checkpoint of the same profile")
+    ignored = [k for k in state if k not in taken]
+    log(f"[train] initialised {len(taken)} tensors from {path}; {len(untouched)} start fresh"
+        + (f" ({', '.join(untouched[:4])}{', …' if len(untouched) > 4 else ''})" if untouched else "")
+        + (f"; ignored {len(ignored)} checkpoint tensors ({', '.join(ignored[:4])})" if ignored else ""))
+
+
+def set_training_mode(model) -> None:
+    """``model.train()``, but every sub-module with only frozen parameters stays in eval mode,
+    so its BatchNorm statistics (and dropout) cannot change what frozen parts compute."""
+    model.train()
+    for m in model.modules():
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            m.eval()
+
+
 def train(model, train_videos: list[Video], val_videos: list[Video], opts: TrainOptions, out: Path,
           resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train ``model`` in place; returns the last epoch's record."""
@@ -297,7 +352,11 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
     cfg = model.config
     samples = training_targets(cfg, train_videos, opts.target_stride)
     t0 = time.perf_counter()
-    batcher = Batcher(model, train_videos, samples, progress=progress)
+    with_audio = all(v.has_audio for v in train_videos)
+    if not with_audio and opts.mode_probs[0] == opts.mode_probs[1] == 0:
+        raise SalstreamError("--mode-probs asks for audio-only training, but some training videos have no audio")
+    batcher = Batcher(model, train_videos, samples, progress=progress,
+                      video=not with_audio or opts.mode_probs[0] > 0 or opts.mode_probs[1] > 0)
     has_audio = batcher.has_audio
     val_batcher = None
     val_samples: list[tuple[int, int]] = []
@@ -344,7 +403,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
     for _ in range(start_epoch):  # keep the shuffles identical to an uninterrupted run
         order_rng.permutation(len(samples))
     for epoch in range(start_epoch, opts.epochs):
-        model.train()
+        set_training_mode(model)
         order = order_rng.permutation(len(samples))
         bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{opts.epochs}", "step") if progress else None
         e_start = time.perf_counter()
@@ -379,8 +438,10 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         model.eval()
         save_checkpoint(model, out / f"epoch_{epoch + 1:03d}.safetensors", metadata=meta)
         save_checkpoint(model, out / "last.safetensors", metadata=meta)
-        # Model selection on the validation split (never the test split): best AV (else video) CC.
-        score = record.get("val_cc_av", record.get("val_cc_video"))
+        # Model selection on the validation split (never the test split): best AV (else video)
+        # CC, or that of --select-mode.
+        score = record.get(f"val_cc_{opts.select_mode}") if opts.select_mode else \
+            record.get("val_cc_av", record.get("val_cc_video"))
         if score is not None and (best is None or score > best):
             best = score
             save_checkpoint(model, out / "best.safetensors", metadata=meta)
@@ -403,6 +464,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=1, help="AV datasets: fold 1-3")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this checkpoint's weights (tensors matching by name and shape; the rest "
+                        "start fresh and must be trainable): the second stage of a staged run")
+    p.add_argument("--train-only", default=None,
+                   help="comma-separated parameter-name prefixes to train (e.g. audio_prior,audio_prior_proj); "
+                        "everything else stays frozen, BatchNorm statistics included")
+    p.add_argument("--select-mode", choices=MODES, default=None,
+                   help="keep best.safetensors by this mode's validation CC (default: av, else video)")
     p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
     p.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
     p.add_argument("--lr", type=float, default=TrainOptions.lr)
@@ -459,7 +528,20 @@ def run(args: argparse.Namespace) -> int:
         raise SalstreamError(f"--profile: {exc}") from None
     opts = TrainOptions(profile=args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         mode_probs=probs, target_stride=args.target_stride, seed=args.seed, threads=args.threads,
-                        max_steps_per_epoch=args.max_steps_per_epoch, val_windows=args.val_windows)
+                        max_steps_per_epoch=args.max_steps_per_epoch, val_windows=args.val_windows,
+                        train_only=tuple(x for x in (args.train_only or "").split(",") if x),
+                        select_mode=args.select_mode)
+    if opts.train_only:
+        kept = freeze_all_but(model, opts.train_only)
+        n_values = sum(p.numel() for p in trainable_parameters(model))
+        print(f"[train] training {len(kept)} parameter tensors ({n_values} values); the rest is frozen",
+              file=sys.stderr)
+    if args.init is not None:
+        if args.resume:
+            raise SalstreamError("--init and --resume exclude each other: --resume continues its own run")
+        if not Path(args.init).is_file():
+            raise SalstreamError(f"--init {args.init}: no such checkpoint file")
+        load_initial_weights(model, args.init, log=lambda s: print(s, file=sys.stderr, flush=True))
     train_videos, val_videos = load_training_data(args)
     print(f"[train] {args.profile}: {len(train_videos)} training videos, {len(val_videos)} validation videos, "
           f"out={args.out}", file=sys.stderr)

@@ -226,3 +226,61 @@ def test_bundled_checkpoint_finds_the_sounding_object():
     assert np.mean(scores["av"]) > 0.7
     assert np.mean(scores["av"]) > np.mean(scores["video"]) + 0.1
     assert np.mean(scores["av"]) > np.mean(scores["centre"]) + 0.2
+
+
+def test_staged_training_moves_only_the_named_parts(tmp_path, tiny_data):
+    """Stage 2 (--init, --train-only, audio-only batches): frozen parts, BatchNorm statistics
+    included, stay bit-identical, so audio-visual and video-only maps cannot change."""
+    from diffsal.inference import predict_from_features
+    from diffsal.train import Batcher, freeze_all_but, load_initial_weights, training_targets
+    stage1, _ = _train(tmp_path / "s1", tiny_data, epochs=1)
+    torch.manual_seed(1)
+    model = create_model(tiny_config())
+    kept = freeze_all_but(model, ["audio_prior", "audio_prior_proj", "audio_prior_gate"])
+    assert kept and all(k.startswith("audio_prior") for k in kept)
+    load_initial_weights(model, tmp_path / "s1" / "last.safetensors", log=lambda s: None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opts = TrainOptions(epochs=2, batch_size=4, max_steps_per_epoch=3, val_windows=4, target_stride=1,
+                        mode_probs=(0.0, 0.0, 1.0), select_mode="audio")
+    train(model, _videos(tiny_data, "train"), _videos(tiny_data, "val"), opts, tmp_path / "s2", progress=False,
+          log=lambda s: None)
+    after = model.state_dict()
+    moved = {k for k in after if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("audio_prior") for k in moved), sorted(moved)[:5]
+    assert any(k.startswith("mt_proj.1.running") for k in after)   # a BatchNorm that could have drifted
+    hist = [json.loads(x) for x in (tmp_path / "s2" / "history.jsonl").read_text().splitlines()]
+    best = max(hist, key=lambda h: h["val_cc_audio"])["epoch"]     # selected by the audio-only score
+    assert torch.equal(load_model(tmp_path / "s2" / "best.safetensors").state_dict()["audio_prior.position"],
+                       load_model(tmp_path / "s2" / f"epoch_{best:03d}.safetensors").state_dict()["audio_prior.position"])
+    # maps: audio-visual and video-only identical to stage 1's, audio-only not
+    vids = _videos(tiny_data, "val")
+    samples = training_targets(model.config, vids, 1)[:2]
+    b = Batcher(model, vids, samples, progress=False)
+    v, a = b.video(samples, False), b.audio(samples, False)
+    stage1.eval()
+    model.eval()
+    for mv, ma, same in ((v, a, True), (v, None, True), (None, a, False)):
+        with torch.no_grad():
+            p1 = predict_from_features(stage1, mv, ma, 2, 1, generator=torch.Generator().manual_seed(0))
+            p2 = predict_from_features(model, mv, ma, 2, 1, generator=torch.Generator().manual_seed(0))
+        # same: equal up to float rounding (the stage-1 object's tensors differ in memory layout)
+        diff = float((p1 - p2).abs().max())
+        assert (diff < 1e-6) if same else (diff > 1e-4), (mv is None, ma is None, diff)
+
+
+def test_staged_training_refuses_frozen_parts_missing_from_the_checkpoint(tmp_path):
+    from diffsal.errors import SalstreamError
+    from diffsal.train import freeze_all_but, load_initial_weights
+    src = create_model(tiny_config())
+    path = save_checkpoint(src, tmp_path / "s.safetensors")
+    model = create_model(tiny_config())
+    freeze_all_but(model, ["logits"])
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("audio_prior.")}
+    from safetensors.torch import save_file
+    from diffsal.checkpoint import read_metadata
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"),
+              metadata=read_metadata(path))
+    with pytest.raises(SalstreamError, match="frozen parameters are not in the checkpoint"):
+        load_initial_weights(model, tmp_path / "partial.safetensors", log=lambda s: None)
+    with pytest.raises(SalstreamError, match="no trainable parameter has that name prefix"):
+        freeze_all_but(create_model(tiny_config()), ["no_such_module"])

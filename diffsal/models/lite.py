@@ -31,9 +31,11 @@ network. What it changes, and why:
   training budget (v1: audio-visual CC equal to video-only on the synthetic
   benchmark); the covariance states the question directly and costs ~1 ms per step.
   It needs both modalities, so video-only and audio-only maps never depend on it.
-* **Audio-only prior** (v2): without video, a linear read-out of the audio slots gives a
-  coarse map of where the sound comes from, added to the learned null video and to the
-  output logits.
+* **Audio-only prior** (:class:`SoundSourceMap`, v3; v2 used one linear read-out of the
+  mixed audio slots): without video, each slice votes for where the sound comes from and
+  a learned softmax over the slices picks which votes count (the newest sound, not the
+  silence after it). The map is added to the learned null video and, scaled by a gain
+  learned from the timestep, to the output logits.
 * **Sampler** (v2): trailing DDIM timesteps and 1 step by default (t = 999: the
   network's x0 estimate from pure noise, exactly what it was trained for at that t). On
   the synthetic validation split that scored higher CC than 2 leading steps (t = 500, 0,
@@ -112,7 +114,7 @@ def lite_config() -> ModelConfig:
             "audio_spectrum": True,              # ... and its average spectrum (pitch, timbre)
             "sync_channels": 32,                 # audio-visual synchrony maps (0: none, as v1)
             "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
-            "audio_prior": True,                 # audio-only: audio says where, on the null video
+            "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
             "noise_channels": 16,
             "readout_channels": 64,
             "head_channels": 32,
@@ -236,6 +238,31 @@ def interpolation_weights(src_times: Sequence[float], dst_times: Sequence[float]
     basis = np.eye(len(src_times))   # column j: interpolate the j-th unit impulse
     w = np.stack([np.interp(dst_times, src_times, basis[j]) for j in range(len(src_times))], axis=1)
     return torch.from_numpy(w).float()
+
+
+class SoundSourceMap(nn.Module):
+    """Audio-only "where does it sound from": per-slice vectors (B, C, S) -> logits (B, 1, h, w).
+
+    Every slice votes with its own map (one shared MLP), weighted by a softmax over the
+    slices of a learned per-slice score plus a learned per-position bias, so the window
+    can follow its most recent informative sound (the newest slices are often silent).
+    A single linear map over all slices at once (v2) learned no more than the dataset's
+    average map: it had to find the latest sound and decode it with one matrix.
+    """
+
+    def __init__(self, channels: int, slices: int, grid: tuple[int, int], hidden: int = 128):
+        super().__init__()
+        self.grid = grid
+        self.vote = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.GELU(),
+                                  nn.Linear(hidden, grid[0] * grid[1]))
+        self.score = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, 32), nn.GELU(), nn.Linear(32, 1))
+        self.position = nn.Parameter(torch.zeros(slices))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = audio.transpose(1, 2)                                        # (B, S, C)
+        w = torch.softmax(self.score(x).squeeze(-1) + self.position, dim=1)
+        m = (w.unsqueeze(-1) * self.vote(x)).sum(dim=1)
+        return m.reshape(-1, 1, *self.grid)
 
 
 class AudioVisualSync(nn.Module):
@@ -382,14 +409,26 @@ class LiteDiffSal(SaliencyModel):
                                         frame_seconds=config.frame_stride / NOMINAL_FPS,
                                         slice_seconds=config.audio.slice_hop_seconds)
             self.sync_proj = nn.ModuleList(nn.Conv2d(sync, c, 1) for c in channels)
-        # Audio-only: a coarse "where does it sound from" map read linearly from the audio
-        # slots, added to the null video and to the output logits. Without it the audio
-        # reached an audio-only map through the attention keys alone and v1 drew maps
-        # less like the ground truth than a centre prior.
+        # Audio-only: a coarse "where does it sound from" map, added to the null video (so
+        # the decoder draws it like an object it sees) and to the output logits. Without
+        # it the audio reached an audio-only map through the attention keys alone and v1
+        # drew maps less like the ground truth than a centre prior. "gated" (v3) reads the
+        # per-slice vectors; True (v2) read the mixed slots with one linear layer and is
+        # kept so v2 checkpoints load.
         self.audio_prior = None
-        if a.get("audio_prior", False):
+        self.audio_prior_kind = a.get("audio_prior", False)
+        if self.audio_prior_kind:
             gh, gw = self.grids[self.sync_level]
-            self.audio_prior = nn.Linear(ca * self.num_slots, gh * gw)
+            if self.audio_prior_kind == "gated":
+                self.audio_prior = SoundSourceMap(ca, config.audio.n_slices, (gh, gw))
+                # How much of the map reaches the output logits, from the timestep: a nearly
+                # clean x_t already shows where to look, pure noise does not.
+                self.audio_prior_gate = nn.Linear(4 * int(a["noise_channels"]), 1)
+            elif self.audio_prior_kind is True:
+                self.audio_prior = nn.Linear(ca * self.num_slots, gh * gw)
+            else:
+                raise SalstreamError(f"lite arch audio_prior={self.audio_prior_kind!r}: expected 'gated', "
+                                     "true or false")
             self.audio_prior_proj = nn.ModuleList(nn.Conv2d(1, c, 1) for c in channels)
 
         # Learned stand-ins for a missing modality (post-mix, so they cost nothing to "encode").
@@ -456,9 +495,8 @@ class LiteDiffSal(SaliencyModel):
 
     # ----------------------------------------------------------------- denoiser (per step)
 
-    def noise_features(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x_t -> (input features at map size, per-stage features coarsest first)."""
-        temb = self.temb(t)
+    def noise_features(self, x_t: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x_t, time embedding -> (input features at map size, per-stage features coarsest first)."""
         f_in = self.conv_in(x_t)
         h = self.pre_down(f_in)
         feats = []
@@ -511,12 +549,18 @@ class LiteDiffSal(SaliencyModel):
             raise SalstreamError(f"x_t has shape {tuple(x_t.shape)}, expected (B, 1, {self.config.map_size[0]}, "
                                  f"{self.config.map_size[1]})")
         b = x_t.shape[0]
-        f_in, noise = self.noise_features(x_t, t)
+        temb = self.temb(t)
+        f_in, noise = self.noise_features(x_t, temb)
         audio = self.audio_slot_stack(audio_feats, b)
-        where = None
+        where, where_gain = None, 1.0
         if video_feats is None and self.audio_prior is not None:
-            gh, gw = self.grids[self.sync_level]
-            where = self.audio_prior(audio.flatten(1)).reshape(-1, 1, gh, gw)   # logits of "sounds from here"
+            # logits of "sounds from here"
+            if self.audio_prior_kind == "gated":
+                where = self.audio_prior(audio_feats)
+                where_gain = torch.sigmoid(self.audio_prior_gate(temb))[:, :, None, None]
+            else:
+                gh, gw = self.grids[self.sync_level]
+                where = self.audio_prior(audio.flatten(1)).reshape(-1, 1, gh, gw)
         video = self.video_slot_stacks(video_feats, b, audio_feats, where)
         fine = self.grids[-1]
         total = None
@@ -541,8 +585,8 @@ class LiteDiffSal(SaliencyModel):
         if where is not None:
             # Also straight onto the output logits: a diffuse "where" map (the best guess when
             # only audio is known) learns far faster here than through the whole decoder.
-            logits = logits + F.interpolate(where, size=tuple(self.config.map_size), mode="bilinear",
-                                            align_corners=False)
+            logits = logits + where_gain * F.interpolate(where, size=tuple(self.config.map_size), mode="bilinear",
+                                                         align_corners=False)
         return torch.sigmoid(logits)
 
 
