@@ -48,6 +48,7 @@ def encode_window(runner: Any, video: Optional[torch.Tensor], audio: Optional[to
     return v, a
 
 
+@torch.inference_mode()   # sampling is never differentiated; cached features may be inference tensors
 def predict_from_features(runner: Any, video_feats, audio_feats, batch: int, steps: Optional[int] = None,
                           **sample_kwargs) -> torch.Tensor:
     """Run the sampler for one batch of windows whose features are already encoded."""
