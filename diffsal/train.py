@@ -195,7 +195,7 @@ class Batcher:
                 slices.setdefault(vi, set()).update(lite_slice_indices(cfg, t, v.fps))
             if (vi, t) not in self.maps:
                 self.maps[(vi, t)] = self.sources[vi].target_map(t).to(torch.float16)
-        if self.cache_video and self.use_video:
+        if self.cache_video:
             store = FrameFeatureStore(self.cached_fn, self.sources, frames, progress=progress)
             if self.frames is None:
                 self.frames = store
@@ -294,7 +294,8 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def freeze_all_but(model, prefixes: Sequence[str]) -> list[str]:
-    """Train only parameters whose names start with one of ``prefixes``; returns their names."""
+    """Train only parameters inside the modules named by ``prefixes`` (dotted names: ``a.b``
+    covers ``a.b.*``, not ``a.bc.*``); returns the trained parameters' names."""
     kept = []
     for name, p in model.named_parameters():
         keep = any(name == pre or name.startswith(pre.rstrip(".") + ".") for pre in prefixes)
@@ -468,8 +469,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights (tensors matching by name and shape; the rest "
                         "start fresh and must be trainable): the second stage of a staged run")
     p.add_argument("--train-only", default=None,
-                   help="comma-separated parameter-name prefixes to train (e.g. audio_prior,audio_prior_proj); "
-                        "everything else stays frozen, BatchNorm statistics included")
+                   help="comma-separated module names to train, everything under each (audio_prior covers "
+                        "audio_prior.*, not audio_prior_proj.*); everything else stays frozen, BatchNorm "
+                        "statistics included")
     p.add_argument("--select-mode", choices=MODES, default=None,
                    help="keep best.safetensors by this mode's validation CC (default: av, else video)")
     p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
