@@ -106,14 +106,14 @@ def _progress(msg: str) -> None:
 
 def _pipeline_engine(args, quick: bool, threads: int):
     if quick:
-        from engines import create_engine
+        from salstream.engines import create_engine
 
         from .model_bench import load_subject
         model, _ = load_subject(args.pipeline_profile, quick=True)
         return lambda: create_engine(args.pipeline_engine or "torch", model=model, threads=threads,
                                      **({"cache_root": args.cache_root} if (args.pipeline_engine or "").startswith("ort")
                                         else {}))
-    from streamer.pipeline import load_engine
+    from salstream.streamer.pipeline import load_engine
 
     def factory():
         return load_engine(args.pipeline_profile, args.checkpoint, args.pipeline_engine or "ort-cpu", threads)[0]
@@ -121,7 +121,7 @@ def _pipeline_engine(args, quick: bool, threads: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffsal.errors import SalstreamError
+    from salstream.errors import SalstreamError
     if args.quick and args.thorough:
         raise SalstreamError("--quick and --thorough contradict each other; pick one")
     for name in ("repeats", "full_repeats"):
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return _render(Path(args.render), args)
 
     import torch
-    from engines.onnxruntime_engine import physical_cores
+    from salstream.engines.onnxruntime_engine import physical_cores
     threads = args.threads or (1 if args.quick else physical_cores())
     torch.set_num_threads(threads)
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -214,7 +214,7 @@ def _finish(result: dict, args, label: str, readme: bool, t_start: float) -> int
 def _render(run_dir: Path, args) -> int:
     import json
 
-    from diffsal.errors import SalstreamError
+    from salstream.errors import SalstreamError
 
     from .plots import write_plots
     path = run_dir / "bench.json"
@@ -240,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cli", description=__doc__.split("\n\n")[0])
     configure(parser)
     args = parser.parse_args(argv)
-    from diffsal.errors import SalstreamError
+    from salstream.errors import SalstreamError
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

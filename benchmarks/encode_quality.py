@@ -11,7 +11,7 @@ the baseline's. Both are decoded and compared with the source (luma):
   spent inside (rate-model estimate, see ``streamer.encode.RegionQuality``).
 
 Clips: the synthetic benchmark clip with its ground-truth density as the saliency,
-and the bundled sample (``streamer/media/box.mp4``) with maps from the real
+and the bundled sample (``salstream/streamer/media/box.mp4``) with maps from the real
 pipeline (in process, every frame; the bundled lite weights when present, else an
 untrained model, which the JSON records). Writes ``encode_quality.json``, a plot
 (``encode_quality.png``) and side-by-side stills (``still_<clip>.png``) to ``--out-dir``.
@@ -34,15 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from streamer.encode import (EncodeSettings, encode_clip, encode_matched, measure_region_quality,  # noqa: E402
+from salstream.streamer.encode import (EncodeSettings, encode_clip, encode_matched, measure_region_quality,  # noqa: E402
                              parse_bitrate)
-from streamer.roi import RoiConfig  # noqa: E402
+from salstream.streamer.roi import RoiConfig  # noqa: E402
 
 Pairs = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
 def synthetic_clip(seed: int, frames: int) -> tuple[str, list[np.ndarray], list[np.ndarray], float, dict]:
-    from diffsal.datasets.synthetic import SyntheticClip
+    from salstream.diffsal.datasets.synthetic import SyntheticClip
     clip = SyntheticClip(seed, n_frames=frames)
     images = [clip.frame(i) for i in range(frames)]
     maps = [clip.density(i) for i in range(frames)]
@@ -59,8 +59,8 @@ def _free_port() -> int:
 def sample_clip(path: str, frames: int, checkpoint: Optional[str], steps: Optional[int]
                 ) -> tuple[str, list[np.ndarray], list[np.ndarray], float, dict]:
     """Frames of ``path`` and the pipeline's map for each of them (run offline, a map per frame)."""
-    from streamer.pipeline import DEFAULT_CHECKPOINT, Pipeline, PipelineOptions
-    from streamer.sources import open_source
+    from salstream.streamer.pipeline import DEFAULT_CHECKPOINT, Pipeline, PipelineOptions
+    from salstream.streamer.sources import open_source
 
     source = open_source(path, paced=False)
     fps = source.fps
@@ -220,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--sample-bitrates", default="250k,500k,1M", help="bundled sample bitrates")
     p.add_argument("--seed", type=int, default=2_000_000, help="synthetic clip seed (test split)")
     p.add_argument("--frames", type=int, default=150, help="synthetic clip frames")
-    p.add_argument("--sample", default=str(ROOT / "streamer" / "media" / "box.mp4"), help="'' to skip")
+    p.add_argument("--sample", default=str(ROOT / "salstream" / "streamer" / "media" / "box.mp4"), help="'' to skip")
     p.add_argument("--sample-frames", type=int, default=150)
     p.add_argument("--checkpoint", default=None, help="weights for the sample's pipeline maps")
     p.add_argument("--steps", type=int, default=None)

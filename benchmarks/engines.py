@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsal.inference import encode_window, predict_from_features  # noqa: E402
-from engines import EngineUnavailable, create_engine  # noqa: E402
-from export.graphs import example_noise, example_window  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
-from export.parity import map_cc  # noqa: E402
+from salstream.diffsal.inference import encode_window, predict_from_features  # noqa: E402
+from salstream.engines import EngineUnavailable, create_engine  # noqa: E402
+from salstream.export.graphs import example_noise, example_window  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
+from salstream.export.parity import map_cc  # noqa: E402
 
 
 def timings(fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, float]:
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        from diffsal.checkpoint import load_model
+        from salstream.diffsal.checkpoint import load_model
         model = load_model(args.checkpoint, args.profile)
     else:
-        from diffsal import create_model
+        from salstream.diffsal import create_model
         model = create_model(args.profile)
     steps = model.config.default_steps if args.steps is None else args.steps
     result: dict[str, Any] = {
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ort-cpu", "ort-cpu", {"artifacts": artifacts, "threads": args.threads}),
     ]
     if not args.no_int8:
-        from export.quantize import quantize_export
+        from salstream.export.quantize import quantize_export
         for label, ops in (("ort-cpu-int8-matmul", ("MatMul", "Gemm")), ("ort-cpu-int8-conv", ("MatMul", "Gemm", "Conv"))):
             q = quantize_export(artifacts, Path(tmp.name) / label, op_types=ops)
             candidates.append((label, "ort-cpu", {"artifacts": q, "threads": args.threads}))
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             result["ort_cpu_speedup_live_map"] = e2e["torch"]["live_map"]["p50_ms"] / e2e["ort-cpu"]["live_map"]["p50_ms"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "engines.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "engines.md").write_text(markdown(result))
-    print((out / "engines.md").read_text())
+    (out / "salstream.engines.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "salstream.engines.md").write_text(markdown(result))
+    print((out / "salstream.engines.md").read_text())
     tmp.cleanup()
     return 0
 

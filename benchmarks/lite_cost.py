@@ -30,8 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsal import create_model  # noqa: E402
-from diffsal.models.base import stack_time  # noqa: E402
+from salstream.diffsal import create_model  # noqa: E402
+from salstream.diffsal.models.base import stack_time  # noqa: E402
 
 
 def count_gflops(fn: Callable[[], object]) -> float:
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["eager_ms"]["per_new_frame"] = per_frame(result["eager_ms"])
 
     if not args.no_ort:
-        from engines.onnxruntime_engine import OrtEngine
-        from export.onnx_export import export_onnx
+        from salstream.engines.onnxruntime_engine import OrtEngine
+        from salstream.export.onnx_export import export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             export_onnx(model, tmp, modes=("av",))

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsal.checkpoint import load_model  # noqa: E402
-from diffsal.datasets.layout import load_videos  # noqa: E402
-from diffsal.datasets.synthetic import write_synthetic  # noqa: E402
-from diffsal.evaluate import DEFAULT_CHECKPOINT, default_data_root  # noqa: E402
-from diffsal.train import Batcher, quick_validation, training_targets  # noqa: E402
+from salstream.diffsal.checkpoint import load_model  # noqa: E402
+from salstream.diffsal.datasets.layout import load_videos  # noqa: E402
+from salstream.diffsal.datasets.synthetic import write_synthetic  # noqa: E402
+from salstream.diffsal.evaluate import DEFAULT_CHECKPOINT, default_data_root  # noqa: E402
+from salstream.diffsal.train import Batcher, quick_validation, training_targets  # noqa: E402
 
 SETTINGS = [("trailing", 1), ("trailing", 2), ("trailing", 4), ("leading", 2), ("leading", 4)]
 

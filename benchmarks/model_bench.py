@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffsal.diffusion import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod
-from diffsal.errors import SalstreamError
-from diffsal.inference import predict_from_features
-from diffsal.models.base import stack_time
+from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod
+from salstream.errors import SalstreamError
+from salstream.diffsal.inference import predict_from_features
+from salstream.diffsal.models.base import stack_time
 
 from .report import load_average, stats
 
@@ -73,8 +73,8 @@ class ModelBenchOptions:
 
 def quick_config(profile: str):
     """A small configuration of ``profile`` that runs in milliseconds (same code paths)."""
-    from diffsal import default_config
-    from diffsal.config import AudioConfig
+    from salstream.diffsal import default_config
+    from salstream.diffsal.config import AudioConfig
     cfg = default_config(profile)
     if profile == "lite":
         return dataclasses.replace(cfg, input_size=(64, 96), map_size=(16, 24),
@@ -88,11 +88,11 @@ def quick_config(profile: str):
 @functools.lru_cache(maxsize=4)
 def load_subject(profile: str, quick: bool) -> tuple[torch.nn.Module, str]:
     """The model to measure and where its weights came from (speed does not depend on training)."""
-    from diffsal.registry import create_model
+    from salstream.diffsal.registry import create_model
     if not quick and profile == "lite":
-        from streamer.pipeline import DEFAULT_CHECKPOINT
+        from salstream.streamer.pipeline import DEFAULT_CHECKPOINT
         if DEFAULT_CHECKPOINT.is_file():
-            from diffsal.checkpoint import load_model
+            from salstream.diffsal.checkpoint import load_model
             return load_model(str(DEFAULT_CHECKPOINT), profile="lite"), DEFAULT_CHECKPOINT.name
     torch.manual_seed(0)
     model = create_model(quick_config(profile) if quick else profile)
@@ -102,8 +102,8 @@ def load_subject(profile: str, quick: bool) -> tuple[torch.nn.Module, str]:
 def build_engine(name: str, model: torch.nn.Module, threads: Optional[int], cache_root: Optional[str],
                  extra: Optional[dict[str, Any]] = None):
     """``(engine, None)`` or ``(None, reason)`` when the engine's runtime or device is absent."""
-    from engines import create_engine
-    from engines.base import EngineUnavailable
+    from salstream.engines import create_engine
+    from salstream.engines.base import EngineUnavailable
     kwargs: dict[str, Any] = {"threads": threads}
     if name.startswith("ort-"):
         kwargs["cache_root"] = cache_root
@@ -351,7 +351,7 @@ class OfficialStyle:
 
     def check(self, ours: Any, steps: int, key: Optional[str] = None) -> None:
         """Our window on the same inputs and noise through ``ours`` (an engine) vs the last official map."""
-        from diffsal.inference import predict_window
+        from salstream.diffsal.inference import predict_window
         if steps not in self.last:
             self.run(steps, record=False)
         mine = predict_window(ours, self.video, self.audio, "av", steps, noise=self.noise, device=self.device)
@@ -384,8 +384,8 @@ def official_style_bench(model: torch.nn.Module, steps_list: Sequence[int], repe
 def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, timestep: int = 250) -> dict:
     """Consecutive windows sampled cold (from noise) and warm (previous map re-noised to ``timestep``):
     DDIM-loop latency of each and the CC between their maps (encoders are the same for both)."""
-    from diffsal.diffusion import DDIMScheduler
-    from diffsal.metrics import cc
+    from salstream.diffsal.diffusion import DDIMScheduler
+    from salstream.diffsal.metrics import cc
 
     maker = MapMaker(engine, seed=seed)
     device = maker.device
@@ -423,8 +423,8 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
 def _flops(model: torch.nn.Module) -> dict[str, float]:
     """GFLOPs of one call of each graph at batch 1 (torch FLOP counter, as benchmarks/lite_cost.py)."""
     from .lite_cost import count_gflops
-    from export.graphs import example_window
-    from diffsal.inference import encode_window
+    from salstream.export.graphs import example_window
+    from salstream.diffsal.inference import encode_window
     cfg = model.config
     video, audio = example_window(cfg, 1)
     with torch.no_grad():
@@ -621,7 +621,7 @@ def gpu_bench(opts: ModelBenchOptions, progress: Callable[[str], None]) -> dict:
 
 
 def run_model_bench(opts: ModelBenchOptions, progress: Callable[[str], None] = print) -> dict:
-    from diffsal.registry import available_profiles
+    from salstream.diffsal.registry import available_profiles
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     have = set(available_profiles()) | set(opts.models)

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from diffsal.inference import predict_window  # noqa: E402
-from diffsal.registry import available_profiles, create_model  # noqa: E402
+from salstream.diffsal.inference import predict_window  # noqa: E402
+from salstream.diffsal.registry import available_profiles, create_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_cost.json"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.pipeline_bench import run_pipeline  # noqa: E402  (one measuring loop for every pipeline benchmark)
-from streamer.pipeline import load_engine  # noqa: E402
+from salstream.streamer.pipeline import load_engine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/pipeline_latency.json")
     args = ap.parse_args(argv)
 
-    from streamer.sources import default_demo_source
+    from salstream.streamer.sources import default_demo_source
     src = args.source or default_demo_source()
     engine, _ = load_engine(args.profile, args.checkpoint, args.engine, args.threads)
     r = run_pipeline(engine, streams=args.streams, seconds=args.seconds, warmup_s=args.warmup, steps=args.steps,

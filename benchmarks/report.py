@@ -94,7 +94,7 @@ def machine_info() -> dict[str, Any]:
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
-        from engines.onnxruntime_engine import physical_cores
+        from salstream.engines.onnxruntime_engine import physical_cores
         physical = physical_cores()
     except ImportError:
         physical = None

@@ -40,9 +40,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamer.pipeline import Pipeline, PipelineOptions, load_engine  # noqa: E402
-from streamer.subscriber import Subscriber  # noqa: E402
-from streamer.testing.process import open_descriptors, settled  # noqa: E402
+from salstream.streamer.pipeline import Pipeline, PipelineOptions, load_engine  # noqa: E402
+from salstream.streamer.subscriber import Subscriber  # noqa: E402
+from salstream.streamer.testing.process import open_descriptors, settled  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05     # after warm-up
 P95_DRIFT_LIMIT = 0.25      # last third's p95 at most 25 % above the first third's (plus DRIFT_SLACK_MS)
@@ -111,8 +111,8 @@ def build_engine(args):
     # An untrained lite network at 64×96 input: many maps per second, to exercise the machinery.
     import torch
 
-    from diffsal.registry import create_model, default_config
-    from engines import create_engine
+    from salstream.diffsal.registry import create_model, default_config
+    from salstream.engines import create_engine
     torch.manual_seed(0)
     arch = dict(default_config("lite").arch, kv_kernels=[1, 2, 4])
     model = create_model("lite", input_size=(64, 96), map_size=(16, 24), arch=arch)

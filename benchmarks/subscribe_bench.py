@@ -159,8 +159,8 @@ def run_subscribe(address: str, *, seconds: Optional[float] = 30.0, maps: Option
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Subscribe to ``address`` and measure; a publisher that sends nothing within
     ``connect_timeout`` seconds is an error naming the address."""
-    from diffsal.errors import SalstreamError
-    from streamer.subscriber import Subscriber
+    from salstream.errors import SalstreamError
+    from salstream.streamer.subscriber import Subscriber
 
     with Subscriber(address, streams=streams) as sub:
         progress(f"subscribed to {address}; waiting for maps")

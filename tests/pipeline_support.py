@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from diffsal import create_model, default_config
-from diffsal.checkpoint import save_checkpoint
-from engines import create_engine
+from salstream.diffsal import create_model, default_config
+from salstream.diffsal.checkpoint import save_checkpoint
+from salstream.engines import create_engine
 
 
 @contextmanager

@@ -9,9 +9,9 @@ import torch
 import torchvision.transforms as T
 from scipy.io import wavfile
 
-from diffsal import audio as A
-from diffsal.config import AudioConfig
-from diffsal.errors import SalstreamError
+from salstream.diffsal import audio as A
+from salstream.diffsal.config import AudioConfig
+from salstream.errors import SalstreamError
 
 SR = 16000
 

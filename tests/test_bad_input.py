@@ -12,16 +12,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import TinySaliency, tiny_config, tiny_model  # noqa: E402
 
-from diffsal.checkpoint import save_checkpoint  # noqa: E402
-from diffsal.errors import SalstreamError  # noqa: E402
-from diffsal.registry import _BUILDERS, register_profile  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
+from salstream.diffsal.checkpoint import save_checkpoint  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
+from salstream.diffsal.registry import _BUILDERS, register_profile  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
 from pipeline_support import engine  # noqa: F401,E402  (module-scoped fixture)
-from streamer import cli  # noqa: E402
-from streamer.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from streamer.publish import Publisher  # noqa: E402
-from streamer.testing.media import write_test_clip  # noqa: E402
-from streamer.testing.rtsp import free_port  # noqa: E402
+from salstream.streamer import cli  # noqa: E402
+from salstream.streamer.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from salstream.streamer.publish import Publisher  # noqa: E402
+from salstream.streamer.testing.media import write_test_clip  # noqa: E402
+from salstream.streamer.testing.rtsp import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_wrong_window_shape_is_named_and_leaves_no_recording(engine, files, tmp_
         Pipeline(opts, engine=MisfitEngine(engine)).run()
     assert not list(tmp_path.iterdir()), "the recording was started, so it must be removed, not left half-made"
     # The same through the command line: one line, exit 2.
-    monkeypatch.setattr("streamer.pipeline.load_engine", lambda *a, **k: (MisfitEngine(engine), None))
+    monkeypatch.setattr("salstream.streamer.pipeline.load_engine", lambda *a, **k: (MisfitEngine(engine), None))
     code = cli.main(["run", "--source", str(files["clip"]), "--publish", "tcp://127.0.0.1:*", "--record",
                      str(record), "--as-fast-as-possible"])
     err = capsys.readouterr().err
@@ -149,7 +149,7 @@ def test_wrong_window_shape_is_named_and_leaves_no_recording(engine, files, tmp_
 def test_model_and_engine_input_checks_name_the_input(engine, files):
     with pytest.raises(SalstreamError, match="encode_video takes one frame"):
         engine.encode_video(torch.randn(1, 3, 40, 40))
-    from engines import create_engine
+    from salstream.engines import create_engine
     ort = create_engine("ort-cpu", model=tiny_model(True, seed=0), artifacts=files["graphs"])
     with pytest.raises(SalstreamError, match="input 'video' has shape"):
         ort.encode_video(torch.randn(1, 3, 40, 40))

@@ -122,7 +122,7 @@ def test_quick_bench_runs_end_to_end_and_writes_json_plots_and_tables(tmp_path):
 def test_official_style_sampler_gives_our_maps():
     """With weights that make the map vary, the official-style loop (deep copies, noise slot
     written into the copied list, its own DDIM arithmetic) reproduces our window."""
-    from diffsal.inference import predict_window
+    from salstream.diffsal.inference import predict_window
 
     model, _ = load_subject("full", quick=True)
     cfg = model.config
@@ -147,7 +147,7 @@ def test_official_style_sampler_gives_our_maps():
 def test_model_bench_on_onnx_runtime_and_a_missing_engine(tmp_path):
     from tiny_models import tiny_model
 
-    from export.onnx_export import export_onnx
+    from salstream.export.onnx_export import export_onnx
 
     model = tiny_model()
     # the TorchScript exporter takes a fraction of a second on this tiny network (dynamo: ~15 s)
@@ -176,7 +176,7 @@ class _FakeLivePublisher:
     """A real ZeroMQ publisher sending well-formed maps whose frames were 'captured' 20 ms earlier."""
 
     def __init__(self, streams=("cam0", "cam1")):
-        from streamer.publish import Publisher
+        from salstream.streamer.publish import Publisher
         self.pub = Publisher("tcp://127.0.0.1:*")
         self.endpoint = self.pub.endpoint
         self.streams = streams
@@ -238,7 +238,7 @@ def test_subscribe_to_a_silent_address_fails_with_one_clear_line(tmp_path, capsy
 
 
 def test_salstream_bench_entry_point_and_its_message_outside_a_checkout(tmp_path, monkeypatch, capsys):
-    from streamer import cli
+    from salstream.streamer import cli
     assert cli.main(["bench", "--skip-model", "--skip-pipeline", "--out", str(tmp_path)]) == 0
     res = _strict_json(_only_run(tmp_path) / "bench.json")
     assert res["schema"] == "salstream-bench/1" and res["machine"]["cpu_count"] >= 1

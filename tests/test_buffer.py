@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffsal import audio as afeat
-from diffsal.config import AudioConfig, ModelConfig
-from diffsal.errors import SalstreamError
-from diffsal.preprocess import preprocess_frame
-from streamer.buffer import AUDIO_RATE, AudioRing, WindowAssembler
-from streamer.media import AudioChunk, StreamEvent, VideoFrame
+from salstream.diffsal import audio as afeat
+from salstream.diffsal.config import AudioConfig, ModelConfig
+from salstream.errors import SalstreamError
+from salstream.diffsal.preprocess import preprocess_frame
+from salstream.streamer.buffer import AUDIO_RATE, AudioRing, WindowAssembler
+from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
 
 FPS = 30.0
 HOP_S = afeat.slice_hop_samples() / AUDIO_RATE     # one audio slice hop (0.11 s)

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffsal.checkpoint import file_sha256, load_model, load_state, read_metadata, save_checkpoint
-from diffsal.config import ModelConfig
-from diffsal.errors import CheckpointError
-from diffsal.models.base import SaliencyModel
-from diffsal.registry import register_profile
+from salstream.diffsal.checkpoint import file_sha256, load_model, load_state, read_metadata, save_checkpoint
+from salstream.diffsal.config import ModelConfig
+from salstream.errors import CheckpointError
+from salstream.diffsal.models.base import SaliencyModel
+from salstream.diffsal.registry import register_profile
 
 
 class _Tiny(SaliencyModel):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffsal.checkpoint import load_state, read_metadata
-from diffsal.convert import AUDIO_PREFIXES, convert_official
-from diffsal.errors import CheckpointError
-from streamer.cli import main as cli_main
+from salstream.diffsal.checkpoint import load_state, read_metadata
+from salstream.diffsal.convert import AUDIO_PREFIXES, convert_official
+from salstream.errors import CheckpointError
+from salstream.streamer.cli import main as cli_main
 
 KEYS: dict[str, list[int]] = json.loads(
     (Path(__file__).parent / "data" / "official_keys.json").read_text())
@@ -72,7 +72,7 @@ def test_converts_a_wrapped_ddp_checkpoint_exactly(tmp_path):
         assert converted[k].dtype == v.dtype, k
         assert torch.equal(converted[k], v), k
     # and it loads strictly into the model
-    from diffsal.models.full import FullDiffSal
+    from salstream.diffsal.models.full import FullDiffSal
     with torch.device("meta"):
         model = FullDiffSal(cfg)
     model.load_state_dict(converted, strict=True, assign=True)

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from diffsal.datasets import layout as L
-from diffsal.datasets.synthetic import (SPLIT_SEEDS, SPLIT_SPAN, SyntheticClip, split_seed,
+from salstream.diffsal.datasets import layout as L
+from salstream.diffsal.datasets.synthetic import (SPLIT_SEEDS, SPLIT_SPAN, SyntheticClip, split_seed,
                                         write_synthetic)
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffsal.diffusion import DDIMScheduler, add_noise, cosine_alphas_cumprod, sample
+from salstream.diffsal.diffusion import DDIMScheduler, add_noise, cosine_alphas_cumprod, sample
 
 
 def test_cosine_schedule_matches_spec_values():

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from av.sidedata.sidedata import Type as SideDataType
 
-from diffsal.datasets.synthetic import SyntheticClip
-from diffsal.errors import SalstreamError
-from streamer.cli import main as cli_main
-from streamer.encode import (EncodeSettings, FrameMapAligner, GuidedEncoder, RoiTagger, encode_clip, encode_matched,
+from salstream.diffsal.datasets.synthetic import SyntheticClip
+from salstream.errors import SalstreamError
+from salstream.streamer.cli import main as cli_main
+from salstream.streamer.encode import (EncodeSettings, FrameMapAligner, GuidedEncoder, RoiTagger, encode_clip, encode_matched,
                              measure_region_quality, parse_bitrate)
-from streamer.media import VideoFrame
-from streamer.roi import Region, RoiConfig, regions_to_struct
+from salstream.streamer.media import VideoFrame
+from salstream.streamer.roi import Region, RoiConfig, regions_to_struct
 
 W, H = 256, 128
 
@@ -206,7 +206,7 @@ def test_cli_encodes_a_synthetic_source_with_ground_truth(tmp_path, capsys):
 
 def test_cli_follows_maps_from_a_publisher(tmp_path, capsys):
     """Live route: maps arrive over ZeroMQ (the wire format of `salstream run`) while frames are read."""
-    from streamer.publish import Publisher
+    from salstream.streamer.publish import Publisher
 
     n = 40
     sal = np.zeros((56, 96), np.float32)
@@ -249,7 +249,7 @@ def _free_port() -> int:
 def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
     """Default route: the live pipeline computes the maps (an untrained lite model is enough to
     prove the wiring) and the regions actually applied go out on roi/0 next to the maps."""
-    from streamer.roi import RoiSubscriber
+    from salstream.streamer.roi import RoiSubscriber
 
     address = f"tcp://127.0.0.1:{_free_port()}"
     got = []

@@ -12,14 +12,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_exports, tiny_model  # noqa: E402,F401  (tiny_exports: shared fixture)
 
-from diffsal.config import MODES  # noqa: E402
-from diffsal.errors import SalstreamError  # noqa: E402
-from diffsal.inference import predict_window  # noqa: E402
-from engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
-from engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
-from export.graphs import example_noise, example_window  # noqa: E402
-from export.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
+from salstream.diffsal.config import MODES  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
+from salstream.diffsal.inference import predict_window  # noqa: E402
+from salstream.engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
+from salstream.engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
+from salstream.export.graphs import example_noise, example_window  # noqa: E402
+from salstream.export.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -126,7 +126,7 @@ def test_gpu_engines_say_what_is_missing_in_one_line(tiny_exports, name, needle)
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the errors given where no GPU runtime exists")
 def test_export_cli_tensorrt_without_runtime_is_one_line(tmp_path, capsys):
-    from streamer.cli import main
+    from salstream.streamer.cli import main
     rc = main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o"),
                "--tensorrt"])
     err = capsys.readouterr().err.strip()
@@ -144,9 +144,9 @@ def test_manifest_records_export_facts(tiny_exports):
 
 
 def _real_model(profile: str):
-    from diffsal import create_model
+    from salstream.diffsal import create_model
     if profile == "full":
-        from diffsal.config import AudioConfig
+        from salstream.diffsal.config import AudioConfig
         # smallest size the full network accepts (multiples of 32; audio slices half the frame)
         return create_model("full", input_size=(64, 96), map_size=(64, 96), audio=AudioConfig(slice_size=(32, 48)))
     return create_model(profile)
@@ -161,7 +161,7 @@ def _real_model(profile: str):
 ])
 def test_real_profiles_ort_cpu_equal_torch_per_mode(profile, tmp_path):
     """The issue's bound: end-to-end map max abs diff <= 1e-3 in FP32, for each mode."""
-    from export.parity import run_parity
+    from salstream.export.parity import run_parity
     model = _real_model(profile)
     manifest = export_onnx(model, tmp_path)
     assert manifest.profile == profile and set(manifest.modes) == set(MODES)
@@ -175,8 +175,8 @@ def test_real_profiles_ort_cpu_equal_torch_per_mode(profile, tmp_path):
 
 
 def test_int8_quantised_graphs_run_and_stay_close(tiny_exports, tmp_path):
-    from export.quantize import quantize_export
-    from export.parity import map_cc
+    from salstream.export.quantize import quantize_export
+    from salstream.export.parity import map_cc
     model, d = tiny_exports[True]
     q = quantize_export(d, tmp_path / "int8", op_types=("MatMul", "Gemm", "Conv"))
     manifest = read_manifest(q)

@@ -15,12 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_exports, tiny_model  # noqa: E402,F401  (tiny_exports: shared fixture)
 
-from diffsal.errors import SalstreamError  # noqa: E402
-from engines import create_engine  # noqa: E402
-from export.graphs import DENOISE_GRAPHS  # noqa: E402
-from export.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
-from export.parity import run_parity  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
+from salstream.engines import create_engine  # noqa: E402
+from salstream.export.graphs import DENOISE_GRAPHS  # noqa: E402
+from salstream.export.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
+from salstream.export.parity import run_parity  # noqa: E402
 
 
 @pytest.mark.parametrize("per_frame", [True, False])
@@ -96,8 +96,8 @@ def test_parity_report_detects_a_wrong_graph(tiny_exports, tmp_path):
     model, d = tiny_exports[True]
     other = tiny_model(True, seed=7)
     export_onnx(other, tmp_path, modes=["video"])
-    from engines.onnxruntime_engine import OrtEngine
-    from export.parity import parity_report
+    from salstream.engines.onnxruntime_engine import OrtEngine
+    from salstream.export.parity import parity_report
     report = parity_report(model, OrtEngine(tmp_path, kind="cpu"), modes=["video"], steps=2)
     assert report["pass"] is False and report["maps"]["video"]["max_abs"] > 1e-3
 

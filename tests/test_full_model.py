@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsal.models.unet import (MAMBlock, Readout, SaliencyUNet, timestep_embedding)
+from salstream.diffsal.models.unet import (MAMBlock, Readout, SaliencyUNet, timestep_embedding)
 
 # Small decoder inputs: map 64×128 -> grids 2×4 (/32), 4×8 (/16), 8×16 (/8). At least two
 # keys per frame at every stage (a 1×1 key grid would make the attention ignore its keys).
@@ -98,7 +98,7 @@ def test_mim_keys_are_the_weighted_audio_buffer_reread_without_permute():
 
 
 def test_mim_rejects_mismatched_slots_and_grids():
-    from diffsal.errors import SalstreamError
+    from salstream.errors import SalstreamError
     blk = MAMBlock(8, audio_channels=4).eval()
     x = torch.randn(1, 8, 3, 4, 6)
     with pytest.raises(SalstreamError, match="slices"):
@@ -170,7 +170,7 @@ def test_video_only_shortcut_equals_the_full_nine_slot_decoder(unet):
 
 @torch.no_grad()
 def test_unet_does_not_modify_its_inputs_and_checks_sizes(unet):
-    from diffsal.errors import SalstreamError
+    from salstream.errors import SalstreamError
     g = torch.Generator().manual_seed(6)
     video = _video_maps(1, g)
     audio = torch.randn(1, 512, 9, H // 32, W // 32, generator=g)
@@ -206,7 +206,7 @@ def _linear_resize(table: np.ndarray, n: int) -> np.ndarray:
                                         (7, 14, 27),     # block 14, w at 224×224: q shorter than k
                                         (4, 2, 13)])     # a small clip: shrunk
 def test_decomposed_rel_pos_lookup(q, k, stored):
-    from diffsal.models.mvit import _rel_pos_gather
+    from salstream.diffsal.models.mvit import _rel_pos_gather
     table = torch.randn(stored, 5, generator=torch.Generator().manual_seed(q * k))
     got = _rel_pos_gather(table, q, k).numpy()
     length = 2 * max(q, k) - 1
@@ -222,7 +222,7 @@ def test_decomposed_rel_pos_lookup(q, k, stored):
 def test_pooling_attention_against_a_naive_implementation():
     """Per-head q/k/v pooling, decomposed rel-pos from the unscaled q, residual pooling
     (class token excluded), written out token by token."""
-    from diffsal.models.mvit import MultiScaleAttention
+    from salstream.diffsal.models.mvit import MultiScaleAttention
     torch.manual_seed(7)
     attn = MultiScaleAttention(4, 8, 2, stride_q=(1, 2, 2), stride_kv=(1, 2, 2), rel_len_t=3, rel_len_hw=5).eval()
     with torch.no_grad():
@@ -289,7 +289,7 @@ def test_pooling_attention_against_a_naive_implementation():
 
 
 def test_rel_pos_cache_follows_weight_updates():
-    from diffsal.models.mvit import MultiScaleAttention
+    from salstream.diffsal.models.mvit import MultiScaleAttention
     attn = MultiScaleAttention(4, 4, 1, (1, 1, 1), (1, 2, 2), 3, 7).eval()
     with torch.inference_mode():
         a = attn._rel("rel_pos_h", 4, 2).clone()
@@ -304,7 +304,7 @@ def test_rel_pos_cache_follows_weight_updates():
 def test_state_dict_names_and_shapes_equal_the_official_checkpoint():
     import json
     from pathlib import Path
-    from diffsal.models.full import FullDiffSal, full_config
+    from salstream.diffsal.models.full import FullDiffSal, full_config
     ref = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())
     with torch.device("meta"):
         model = FullDiffSal(full_config())
@@ -313,7 +313,7 @@ def test_state_dict_names_and_shapes_equal_the_official_checkpoint():
 
 
 def test_parameter_counts_match_the_spec():
-    from diffsal.models.full import FullDiffSal, full_config
+    from salstream.diffsal.models.full import FullDiffSal, full_config
     with torch.device("meta"):
         m = FullDiffSal(full_config())
 
@@ -340,15 +340,15 @@ def test_parameter_counts_match_the_spec():
 
 def _small_config():
     import dataclasses
-    from diffsal.config import AudioConfig
-    from diffsal.models.full import full_config
+    from salstream.diffsal.config import AudioConfig
+    from salstream.diffsal.models.full import full_config
     return dataclasses.replace(full_config(), input_size=(H, W), map_size=(H, W),
                                audio=AudioConfig(slice_size=(H // 2, W // 2)))
 
 
 @pytest.fixture(scope="module")
 def small_model():
-    from diffsal.models.full import FullDiffSal
+    from salstream.diffsal.models.full import FullDiffSal
     torch.manual_seed(0)
     m = FullDiffSal(_small_config()).eval()
     _randomize(m, seed=11)
@@ -380,8 +380,8 @@ class _Counting:
 
 @torch.inference_mode()
 def test_cached_features_equal_recomputing_encoders_every_step(small_model, small_inputs):
-    from diffsal.diffusion import sample
-    from diffsal.inference import predict_window
+    from salstream.diffsal.diffusion import sample
+    from salstream.diffsal.inference import predict_window
     video, audio = small_inputs
     runner = _Counting(small_model)
     cached = predict_window(runner, video, audio, "av", steps=4, generator=torch.Generator().manual_seed(5))
@@ -396,7 +396,7 @@ def test_cached_features_equal_recomputing_encoders_every_step(small_model, smal
 
 @torch.inference_mode()
 def test_ddim_is_deterministic_given_a_seed_and_runs_any_step_count(small_model, small_inputs):
-    from diffsal.inference import encode_window, predict_from_features
+    from salstream.diffsal.inference import encode_window, predict_from_features
     video, audio = small_inputs
     v, a = encode_window(small_model, video, audio, "av")
     frozen = [x.clone() for x in v] + [a.clone()]
@@ -416,8 +416,8 @@ def test_ddim_is_deterministic_given_a_seed_and_runs_any_step_count(small_model,
 
 @torch.inference_mode()
 def test_modes_and_input_errors(small_model, small_inputs):
-    from diffsal.errors import SalstreamError
-    from diffsal.inference import predict_window
+    from salstream.errors import SalstreamError
+    from salstream.diffsal.inference import predict_window
     video, audio = small_inputs
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     v_only = predict_window(small_model, video, None, "video", steps=4, generator=g())
@@ -436,14 +436,14 @@ def test_modes_and_input_errors(small_model, small_inputs):
 
 
 def test_registry_builds_the_full_profile():
-    from diffsal.registry import available_profiles, default_config
+    from salstream.diffsal.registry import available_profiles, default_config
     assert "full" in available_profiles()
     cfg = default_config("full")
     assert (cfg.frames, cfg.target_index, cfg.input_size, cfg.map_size, cfg.pixel_norm, cfg.default_steps) == \
         (16, 8, (224, 384), (224, 384), "av", 4)
     assert cfg.audio.slice_size == (112, 192) and not cfg.per_frame_video
     with pytest.raises(ValueError, match="half of input_size"):
-        from diffsal.models.full import FullDiffSal
+        from salstream.diffsal.models.full import FullDiffSal
         import dataclasses
         FullDiffSal(dataclasses.replace(cfg, input_size=(64, 128), map_size=(64, 128)))
 
@@ -453,7 +453,7 @@ def test_registry_builds_the_full_profile():
 @pytest.mark.slow
 @torch.inference_mode()
 def test_spec_size_shapes_in_all_three_modes():
-    from diffsal.registry import create_model
+    from salstream.diffsal.registry import create_model
     torch.manual_seed(0)
     model = create_model("full")
     video = torch.randn(1, 3, 16, 224, 384)

@@ -10,10 +10,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_model  # noqa: E402
 
-from diffsal.config import MODES  # noqa: E402
-from diffsal.inference import predict_window  # noqa: E402
-from export.graphs import example_noise, example_window  # noqa: E402
-from export.parity import map_cc  # noqa: E402
+from salstream.diffsal.config import MODES  # noqa: E402
+from salstream.diffsal.inference import predict_window  # noqa: E402
+from salstream.export.graphs import example_noise, example_window  # noqa: E402
+from salstream.export.parity import map_cc  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -24,7 +24,7 @@ MIN_CC = 0.99
 def _real_or_tiny(profile: str):
     if profile == "tiny":
         return tiny_model(True)
-    from diffsal import create_model
+    from salstream.diffsal import create_model
     return create_model(profile)
 
 
@@ -43,7 +43,7 @@ def _compare(engine, model, batch: int = 2, steps: int = 4) -> dict[str, float]:
 @pytest.mark.parametrize("profile", ["tiny", "lite"])
 @pytest.mark.parametrize("cuda_graphs", [True, False])
 def test_torch_cuda_fp16_maps_match_fp32(profile, cuda_graphs):
-    from engines import create_engine
+    from salstream.engines import create_engine
     model = _real_or_tiny(profile)
     engine = create_engine("torch-cuda", model=model, cuda_graphs=cuda_graphs)
     ccs = _compare(engine, model)
@@ -58,7 +58,7 @@ def test_ort_cuda_parity_when_installed(tmp_path):
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu not installed")
-    from engines import create_engine
+    from salstream.engines import create_engine
     model = tiny_model(True)
     engine = create_engine("ort-cuda", model=model, cache_root=tmp_path)
     assert min(_compare(engine, model).values()) >= MIN_CC
@@ -66,7 +66,7 @@ def test_ort_cuda_parity_when_installed(tmp_path):
 
 def test_tensorrt_parity_when_installed():
     pytest.importorskip("torch_tensorrt")
-    from engines import create_engine
+    from salstream.engines import create_engine
     model = tiny_model(True)
     engine = create_engine("tensorrt", model=model)
     assert min(_compare(engine, model).values()) >= MIN_CC

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsal import audio as A
-from diffsal import create_model, default_config
-from diffsal.checkpoint import load_model, save_checkpoint
-from diffsal.config import ModelConfig
-from diffsal.errors import CheckpointError, SalstreamError
-from diffsal.inference import encode_window, predict_from_features, predict_window
-from diffsal.models import backbones
-from diffsal.models.base import stack_time
-from diffsal.models.lite import AudioVisualSync, LiteDiffSal, TemporalMix, interpolation_weights
-from diffsal.preprocess import preprocess_frame
+from salstream.diffsal import audio as A
+from salstream.diffsal import create_model, default_config
+from salstream.diffsal.checkpoint import load_model, save_checkpoint
+from salstream.diffsal.config import ModelConfig
+from salstream.errors import CheckpointError, SalstreamError
+from salstream.diffsal.inference import encode_window, predict_from_features, predict_window
+from salstream.diffsal.models import backbones
+from salstream.diffsal.models.base import stack_time
+from salstream.diffsal.models.lite import AudioVisualSync, LiteDiffSal, TemporalMix, interpolation_weights
+from salstream.diffsal.preprocess import preprocess_frame
 
 # A small but structurally identical variant (grids 4×6, 8×12, 16×24; map 32×48) keeps tests fast.
 SMALL = dict(input_size=(128, 192), map_size=(32, 48))
@@ -321,7 +321,7 @@ def test_checkpoint_round_trip(small, tmp_path):
         load_model(path, profile="full")
     other = dataclasses.replace(small.config, arch={**small.config.arch, "channels": [96, 48, 24]})
     with pytest.raises(CheckpointError, match="wrong shape"):
-        from diffsal.checkpoint import load_state_dict_strict
+        from salstream.diffsal.checkpoint import load_state_dict_strict
         load_state_dict_strict(create_model(other), loaded.state_dict(), "lite.safetensors")
 
 

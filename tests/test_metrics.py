@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from diffsal import metrics as M
+from salstream.diffsal import metrics as M
 
 X = np.array([[1.0, 2.0], [3.0, 4.0]])          # mean 2.5, population std √1.25
 Y = np.array([[0.0, 0.0], [0.0, 1.0]])

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffsal import audio as afeat
-from diffsal.errors import SalstreamError
+from salstream.diffsal import audio as afeat
+from salstream.errors import SalstreamError
 from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
-from streamer import wire
-from streamer.buffer import WindowAssembler
-from streamer.media import VideoFrame
-from streamer.pipeline import Pipeline, PipelineOptions
-from streamer.publish import Publisher
-from streamer.sources import open_source
-from streamer.subscriber import Subscriber
-from streamer.testing.media import write_test_clip
-from streamer.testing.rtsp import RtspTestServer, system_python
+from salstream.streamer import wire
+from salstream.streamer.buffer import WindowAssembler
+from salstream.streamer.media import VideoFrame
+from salstream.streamer.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.publish import Publisher
+from salstream.streamer.sources import open_source
+from salstream.streamer.subscriber import Subscriber
+from salstream.streamer.testing.media import write_test_clip
+from salstream.streamer.testing.rtsp import RtspTestServer, system_python
 
 HOP_S = afeat.slice_hop_samples() / afeat.SAMPLE_RATE
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
-from streamer import cli
-from streamer.overlay import OverlayRecorder, blend, heatmap
-from streamer.pipeline import Pipeline, PipelineOptions
-from streamer.subscriber import Subscriber
-from streamer.testing.media import write_test_clip
+from salstream.streamer import cli
+from salstream.streamer.overlay import OverlayRecorder, blend, heatmap
+from salstream.streamer.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.subscriber import Subscriber
+from salstream.streamer.testing.media import write_test_clip
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def test_signal_finishes_cleanly_with_a_playable_recording(sig, small_checkpoint
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "run", "--source", str(clip.path), "--checkpoint",
+        [sys.executable, "-m", "salstream.streamer.cli", "run", "--source", str(clip.path), "--checkpoint",
          str(small_checkpoint), "--record", str(record), "--publish", f"tcp://127.0.0.1:{port}", "--steps", "1",
          "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -117,7 +117,7 @@ def test_view_records_the_overlay_of_a_running_pipeline(engine, tmp_path):
 
 
 def test_view_without_gui_asks_for_record(capsys, monkeypatch):
-    monkeypatch.setattr("streamer.overlay.has_gui", lambda: False)
+    monkeypatch.setattr("salstream.streamer.overlay.has_gui", lambda: False)
     code = cli.main(["view", "tcp://127.0.0.1:1"])
     assert code == 2 and "--record" in capsys.readouterr().err
 
@@ -130,7 +130,7 @@ def _free_port() -> int:
 
 
 def test_recording_holds_the_newest_map_for_frames_without_one(tmp_path):
-    from streamer.pipeline import _RecorderThread
+    from salstream.streamer.pipeline import _RecorderThread
 
     rec = _RecorderThread(OverlayRecorder(tmp_path / "hold.mp4", fps=10))
     left = np.zeros((6, 8), np.float32)

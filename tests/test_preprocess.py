@@ -6,9 +6,9 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from diffsal.config import PIXEL_NORMS, ModelConfig
-from diffsal.errors import SalstreamError
-from diffsal.preprocess import postprocess_map, preprocess_clip, preprocess_frame
+from salstream.diffsal.config import PIXEL_NORMS, ModelConfig
+from salstream.errors import SalstreamError
+from salstream.diffsal.preprocess import postprocess_map, preprocess_clip, preprocess_frame
 
 
 def cfg(norm: str = "tf", size=(48, 80)) -> ModelConfig:

@@ -19,19 +19,19 @@ import numpy as np
 import pytest
 import zmq
 
-from diffsal.errors import SalstreamError
+from salstream.errors import SalstreamError
 from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
-from streamer import cli, wire
-from streamer.pipeline import Pipeline, PipelineOptions
-from streamer.publish import DEFAULT_ADDRESS, Publisher, _is_loopback
-from streamer.run_cli import add_parser
-from streamer.sources import open_source
-from streamer.sources.synthetic import SyntheticSource
-from streamer.sources.webcam import WebcamSource
-from streamer.subscriber import Subscriber
-from streamer.testing.media import write_test_clip
-from streamer.testing.process import open_descriptors, settled
-from streamer.testing.rtsp import RtspTestServer, free_port, system_python
+from salstream.streamer import cli, wire
+from salstream.streamer.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.publish import DEFAULT_ADDRESS, Publisher, _is_loopback
+from salstream.streamer.run_cli import add_parser
+from salstream.streamer.sources import open_source
+from salstream.streamer.sources.synthetic import SyntheticSource
+from salstream.streamer.sources.webcam import WebcamSource
+from salstream.streamer.subscriber import Subscriber
+from salstream.streamer.testing.media import write_test_clip
+from salstream.streamer.testing.process import open_descriptors, settled
+from salstream.streamer.testing.rtsp import RtspTestServer, free_port, system_python
 
 REPO = Path(__file__).resolve().parent.parent
 needs_rtsp = pytest.mark.skipif(system_python() is None,

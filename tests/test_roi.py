@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from diffsal.errors import SalstreamError
-from streamer.roi import (QP_RANGE, ROI_STRUCT, QpMap, QpMapper, Region, RoiConfig, RoiPublisher, RoiSubscriber,
+from salstream.errors import SalstreamError
+from salstream.streamer.roi import (QP_RANGE, ROI_STRUCT, QpMap, QpMapper, Region, RoiConfig, RoiPublisher, RoiSubscriber,
                           RoiWireError, decode_roi, encode_roi, regions_to_struct)
 
 
@@ -206,8 +206,8 @@ def test_wire_rejects_malformed_messages(mutate, needle):
 
 
 def test_published_on_the_map_socket_under_its_own_topic():
-    from streamer.publish import Publisher
-    from streamer.subscriber import Subscriber
+    from salstream.streamer.publish import Publisher
+    from salstream.streamer.subscriber import Subscriber
 
     with Publisher("tcp://127.0.0.1:*") as pub:
         roi_pub = RoiPublisher(pub, 128, 96, RoiConfig(block_size=32, pooling="max"))
@@ -234,7 +234,7 @@ def test_published_on_the_map_socket_under_its_own_topic():
 
 
 def test_publishing_after_the_map_publisher_closed_drops_quietly():
-    from streamer.publish import Publisher
+    from salstream.streamer.publish import Publisher
 
     pub = Publisher("tcp://127.0.0.1:*")
     roi_pub = RoiPublisher(pub, 64, 64)

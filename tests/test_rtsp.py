@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from streamer.media import AudioChunk, StreamEvent, VideoFrame
-from streamer.sources import open_source
-from streamer.testing.media import burst_onsets, write_test_clip
-from streamer.testing.rtsp import RtspTestServer, system_python
+from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.sources import open_source
+from salstream.streamer.testing.media import burst_onsets, write_test_clip
+from salstream.streamer.testing.rtsp import RtspTestServer, system_python
 
 pytestmark = pytest.mark.skipif(system_python() is None,
                                 reason="GStreamer RTSP server bindings missing (run scripts/install-system-deps)")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffsal.diffusion import DDIMScheduler
-from diffsal.inference import predict_window
+from salstream.diffsal.diffusion import DDIMScheduler
+from salstream.diffsal.inference import predict_window
 from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
-from streamer.buffer import AUDIO_RATE, WindowAssembler
-from streamer.media import AudioChunk, StreamEvent, VideoFrame
-from streamer.scheduler import Scheduler
+from salstream.streamer.buffer import AUDIO_RATE, WindowAssembler
+from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.scheduler import Scheduler
 
 FPS = 30.0
 
@@ -213,7 +213,7 @@ def test_far_behind_window_encodes_at_most_max_new_frames(engine):
 
 def test_window_level_profile_runs_whole_clips():
     """A `full`-style model (per_frame_video=False, centred target): clips and window audio go in whole."""
-    from engines import create_engine
+    from salstream.engines import create_engine
     from tiny_models import tiny_model
 
     eng = create_engine("torch", model=tiny_model(per_frame=False))

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffsal import metrics as M
-from diffsal.checkpoint import load_model, save_checkpoint
-from diffsal.datasets.layout import load_videos
-from diffsal.datasets.synthetic import write_synthetic
-from diffsal.evaluate import (BASELINE, DEFAULT_CHECKPOINT, METRIC_NAMES, centre_prior, evaluate, markdown_table,
+from salstream.diffsal import metrics as M
+from salstream.diffsal.checkpoint import load_model, save_checkpoint
+from salstream.diffsal.datasets.layout import load_videos
+from salstream.diffsal.datasets.synthetic import write_synthetic
+from salstream.diffsal.evaluate import (BASELINE, DEFAULT_CHECKPOINT, METRIC_NAMES, centre_prior, evaluate, markdown_table,
                               write_report)
-from diffsal.registry import create_model, default_config
-from diffsal.train import TrainOptions, pick_mode, train
+from salstream.diffsal.registry import create_model, default_config
+from salstream.diffsal.train import TrainOptions, pick_mode, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,8 @@ def test_training_writes_loadable_checkpoints_and_resumes_exactly(tmp_path, tiny
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path, tiny_data):
-    from diffsal.diffusion import cosine_alphas_cumprod
-    from diffsal.train import Batcher, diffusion_loss, training_targets
+    from salstream.diffsal.diffusion import cosine_alphas_cumprod
+    from salstream.diffsal.train import Batcher, diffusion_loss, training_targets
     torch.manual_seed(0)
     model = create_model(tiny_config())
     vids = _videos(tiny_data, "train")
@@ -145,9 +145,9 @@ def test_evaluation_report_has_every_metric_mode_and_baseline(tmp_path, tiny_dat
 
 
 def test_video_only_dataset_is_scored_in_video_mode_only(tmp_path):
-    from diffsal.datasets.layout import load_dhf1k
+    from salstream.diffsal.datasets.layout import load_dhf1k
     from PIL import Image
-    from diffsal.datasets.synthetic import SyntheticClip
+    from salstream.diffsal.datasets.synthetic import SyntheticClip
     clip = SyntheticClip(1, width=128, height=64, n_frames=10)
     for i in range(10):
         d = tmp_path / "0601"
@@ -163,7 +163,7 @@ def test_video_only_dataset_is_scored_in_video_mode_only(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from streamer.cli import main
+    from salstream.streamer.cli import main
     assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
@@ -175,7 +175,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
     """`salstream train` on a dataset directory, then `salstream eval` on its checkpoint."""
-    from streamer.cli import main
+    from salstream.streamer.cli import main
     # the tiny config is not a registered profile: save an untrained tiny checkpoint for eval instead
     out = tmp_path / "rep"
     torch.manual_seed(0)
@@ -190,10 +190,10 @@ def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
                     reason="bundled diffsal/weights/lite_synthetic.safetensors not present (train it with the "
                            "command in diffsal/weights/README.md)")
 def test_bundled_checkpoint_finds_the_sounding_object():
-    from diffsal.datasets.synthetic import SyntheticClip, split_seed
-    from diffsal.datasets.windows import WindowSource
-    from diffsal.inference import predict_window
-    from diffsal.preprocess import postprocess_map
+    from salstream.diffsal.datasets.synthetic import SyntheticClip, split_seed
+    from salstream.diffsal.datasets.windows import WindowSource
+    from salstream.diffsal.inference import predict_window
+    from salstream.diffsal.preprocess import postprocess_map
     model = load_model(DEFAULT_CHECKPOINT, profile="lite")
     assert DEFAULT_CHECKPOINT.stat().st_size <= 30 * 2**20
 
@@ -231,8 +231,8 @@ def test_bundled_checkpoint_finds_the_sounding_object():
 def test_staged_training_moves_only_the_named_parts(tmp_path, tiny_data):
     """Stage 2 (--init, --train-only, audio-only batches): frozen parts, BatchNorm statistics
     included, stay bit-identical, so audio-visual and video-only maps cannot change."""
-    from diffsal.inference import predict_from_features
-    from diffsal.train import Batcher, freeze_all_but, load_initial_weights, training_targets
+    from salstream.diffsal.inference import predict_from_features
+    from salstream.diffsal.train import Batcher, freeze_all_but, load_initial_weights, training_targets
     stage1, _ = _train(tmp_path / "s1", tiny_data, epochs=1)
     torch.manual_seed(1)
     model = create_model(tiny_config())
@@ -269,15 +269,15 @@ def test_staged_training_moves_only_the_named_parts(tmp_path, tiny_data):
 
 
 def test_staged_training_refuses_frozen_parts_missing_from_the_checkpoint(tmp_path):
-    from diffsal.errors import SalstreamError
-    from diffsal.train import freeze_all_but, load_initial_weights
+    from salstream.errors import SalstreamError
+    from salstream.diffsal.train import freeze_all_but, load_initial_weights
     src = create_model(tiny_config())
     path = save_checkpoint(src, tmp_path / "s.safetensors")
     model = create_model(tiny_config())
     freeze_all_but(model, ["logits"])
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("audio_prior.")}
     from safetensors.torch import save_file
-    from diffsal.checkpoint import read_metadata
+    from salstream.diffsal.checkpoint import read_metadata
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"),
               metadata=read_metadata(path))
     with pytest.raises(SalstreamError, match="frozen parameters are not in the checkpoint"):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zmq
 
-from diffsal.errors import SalstreamError
-from streamer import wire
-from streamer.publish import Publisher, check_bind_address
-from streamer.subscriber import Subscriber
+from salstream.errors import SalstreamError
+from salstream.streamer import wire
+from salstream.streamer.publish import Publisher, check_bind_address
+from salstream.streamer.subscriber import Subscriber
 
 
 def _header(stream="0", frame_index=0, **kw):

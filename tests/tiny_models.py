@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsal.config import AudioConfig, ModelConfig
-from diffsal.models.base import SaliencyModel
+from salstream.diffsal.config import AudioConfig, ModelConfig
+from salstream.diffsal.models.base import SaliencyModel
 
 
 def tiny_config(per_frame: bool = True, profile: str = "tiny") -> ModelConfig:
@@ -85,7 +85,7 @@ def tiny_model(per_frame: bool = True, seed: int = 0, profile: str = "tiny") -> 
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory):
     """Both tiny variants (per-frame like lite, per-clip like full) exported once per test session."""
-    from export.onnx_export import export_onnx
+    from salstream.export.onnx_export import export_onnx
     out = {}
     for per_frame in (True, False):
         model = tiny_model(per_frame)

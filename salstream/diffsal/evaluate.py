@@ -1,0 +1,374 @@
+"""``salstream eval``: the six saliency metrics per dataset and per mode, plus a centre prior.
+
+For every evaluated frame the model predicts a map through the same path as streaming
+(:func:`diffsal.inference.encode_window` semantics and the one DDIM loop,
+:func:`diffsal.inference.predict_from_features`); per-frame profiles encode each frame
+and each audio slice once per video and reuse the features across overlapping windows,
+exactly like the live cache. Scores are averaged per video, then over videos (spec §6.3).
+
+Modes: ``av`` (audio + video), ``video`` (audio features withheld), ``audio`` (video
+features withheld). ``centre`` is a fixed anisotropic Gaussian at the image centre
+(σ = ¼ of width and height), the usual "centre bias" baseline; it needs no model.
+
+Outputs in ``--out``: ``metrics.json`` (everything, with per-video scores),
+``metrics.md`` (a table), ``metrics.png`` (bar chart), ``examples.png`` (frames with
+ground truth and each mode's map).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .config import MODES
+from .datasets.layout import Video
+from .datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
+                               window_frame_indices)
+from salstream.errors import SalstreamError
+
+METRIC_NAMES = ("cc", "sim", "kld", "nss", "auc_judd", "auc_shuffled")
+BASELINE = "centre"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "lite_synthetic.safetensors"
+
+
+def centre_prior(shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    return np.exp(-0.5 * (((xx - (w - 1) / 2) / (w / 4)) ** 2 + ((yy - (h - 1) / 2) / (h / 4)) ** 2))
+
+
+def frame_scores(pred: np.ndarray, density: np.ndarray, fixations: np.ndarray,
+                 other: Optional[np.ndarray], seed: int = 0) -> dict[str, float]:
+    out = {"cc": M.cc(pred, density), "sim": M.sim(pred, density), "kld": M.kld(pred, density)}
+    if fixations.any():
+        out["nss"] = M.nss(pred, fixations)
+        out["auc_judd"] = M.auc_judd(pred, fixations)
+        if other is not None and other.any():
+            out["auc_shuffled"] = M.auc_shuffled(pred, fixations, other, n_splits=20, seed=seed)
+    return out
+
+
+def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+# --------------------------------------------------------------------------- features
+class _VideoFeatures:
+    """Per-video feature cache for per-frame profiles (what the live cache does)."""
+
+    def __init__(self, runner: Any, src: WindowSource, batch: int = 8):
+        self.runner, self.src, self.batch = runner, src, batch
+        self.video: dict[int, tuple] = {}
+        self.audio: dict[int, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def need_frames(self, idx: Sequence[int]) -> None:
+        todo = sorted(set(idx) - set(self.video))
+        for k in range(0, len(todo), self.batch):
+            part = todo[k:k + self.batch]
+            x = torch.stack([self.src.frame_tensor(i) for i in part])
+            feats = self.runner.encode_video(x)
+            feats = feats if isinstance(feats, (tuple, list)) else (feats,)
+            for j, i in enumerate(part):
+                self.video[i] = tuple(f[j:j + 1] for f in feats)
+
+    @torch.inference_mode()
+    def need_slices(self, idx: Sequence[int]) -> None:
+        from .audio import grid_slices
+        todo = sorted(set(idx) - set(self.audio))
+        if not todo:
+            return
+        a = torch.from_numpy(self.src.audio_16k())
+        mel = grid_slices(a, todo, self.src.cfg.audio)[0]          # (K, h, w)
+        for k in range(0, len(todo), self.batch):
+            part = todo[k:k + self.batch]
+            feats = self.runner.encode_audio(mel[k:k + len(part)].unsqueeze(1))
+            for j, i in enumerate(part):
+                self.audio[i] = feats[j:j + 1]
+
+
+def _cat_feats(items: list) -> Any:
+    if items[0] is None:
+        return None
+    if isinstance(items[0], torch.Tensor):
+        return torch.cat(items, dim=0)
+    return tuple(torch.cat([it[i] for it in items], dim=0) for i in range(len(items[0])))
+
+
+@torch.inference_mode()
+def window_features(runner: Any, src: WindowSource, targets: Sequence[int], cache: Optional[_VideoFeatures],
+                    need_video: bool, need_audio: bool):
+    """Batched (video, audio) features for the windows ending/centred at ``targets``."""
+    from .inference import encode_window
+    from .models.base import stack_time
+    cfg = runner.config
+    vids, auds = [], []
+    for t in targets:
+        if cfg.per_frame_video:
+            v = a = None
+            if need_video:
+                idx = window_frame_indices(cfg, t, src.video.n_frames)
+                cache.need_frames(idx)
+                v = stack_time([cache.video[i] for i in idx])
+            if need_audio:
+                sl = lite_slice_indices(cfg, t, src.video.fps)
+                cache.need_slices(sl)
+                a = stack_time([cache.audio[i] for i in sl])
+        else:
+            mode = "av" if need_video and need_audio else ("video" if need_video else "audio")
+            video = src.video_input(t).unsqueeze(0) if need_video else None
+            audio = src.audio_input(t).unsqueeze(0) if need_audio else None
+            v, a = encode_window(runner, video, audio, mode)
+        vids.append(v)
+        auds.append(a)
+    return _cat_feats(vids), _cat_feats(auds)
+
+
+# --------------------------------------------------------------------------- evaluation
+def eval_targets(runner: Any, video: Video, frame_step: int, max_windows: Optional[int]) -> list[int]:
+    cfg = runner.config
+    lo, hi = first_full_target(cfg), last_full_target(cfg, video.n_frames)
+    if hi < lo:
+        lo = hi = min(max(0, cfg.target_index), video.n_frames - 1)  # too short: one clamped window
+    targets = list(range(lo, hi + 1, max(1, frame_step)))
+    if max_windows is not None and len(targets) > max_windows:
+        pick = np.linspace(0, len(targets) - 1, max_windows).round().astype(int)
+        targets = [targets[i] for i in pick]
+    return targets
+
+
+def _other_fixations(videos: list[Video], vi: int, target: int, rng: np.random.Generator,
+                     shape: tuple[int, int], n: int = 10) -> Optional[np.ndarray]:
+    # Shuffled-AUC negatives: fixations of random frames of *other* videos of the dataset
+    # (of other, distant frames of the same video when the dataset has only one).
+    pool = [(j, v) for j, v in enumerate(videos) if j != vi] or [(vi, videos[vi])]
+    acc = np.zeros(shape, bool)
+    for _ in range(n):
+        j, v = pool[int(rng.integers(len(pool)))]
+        i = int(rng.integers(v.n_frames))
+        if j == vi and abs(i - target) < v.fps:
+            continue
+        f = v.fixations(i)
+        if f.shape != shape:
+            f = M.resize_to(f.astype(np.float64), shape) > 0.5
+        acc |= f
+    return acc if acc.any() else None
+
+
+def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str] = MODES,
+             steps: Optional[int] = None, frame_step: int = 6, max_windows: Optional[int] = None,
+             batch: int = 8, seed: int = 0, n_examples: int = 4, progress: bool = True) -> dict:
+    """Score ``runner`` (model or engine) on ``datasets`` = {name: videos}. Returns a JSON-able dict."""
+    from .inference import check_mode, predict_from_features
+    from .preprocess import postprocess_map
+    for m in modes:
+        check_mode(m)
+    cfg = runner.config
+    result: dict[str, Any] = {"profile": cfg.profile, "steps": steps if steps is not None else cfg.default_steps,
+                              "frame_step": frame_step, "seed": seed, "datasets": {}}
+    examples: list[dict] = []
+    t_start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        total = sum(len(eval_targets(runner, v, frame_step, max_windows)) for vs in datasets.values() for v in vs)
+        bar = tqdm(total=total, desc="eval", unit="win")
+    for ds_name, videos in datasets.items():
+        rng = np.random.default_rng(seed)
+        per_video: dict[str, dict[str, dict[str, float]]] = {}
+        ds_modes = [m for m in modes if m == "video" or all(v.has_audio for v in videos)]
+        for vi, video in enumerate(videos):
+            src = WindowSource(video, cfg)
+            cache = _VideoFeatures(runner, src, batch) if cfg.per_frame_video else None
+            targets = eval_targets(runner, video, frame_step, max_windows)
+            rows: dict[str, list[dict[str, float]]] = {m: [] for m in (*ds_modes, BASELINE)}
+            for b0 in range(0, len(targets), batch):
+                tb = targets[b0:b0 + batch]
+                dens = [video.density(t) for t in tb]
+                fixs = [video.fixations(t) for t in tb]
+                others = [_other_fixations(videos, vi, t, rng, f.shape) for t, f in zip(tb, fixs)]
+                preds: dict[str, np.ndarray] = {}
+                # Encoders once per window; each mode just withholds one modality's features.
+                v_all, a_all = window_features(runner, src, tb, cache, any(m in ("av", "video") for m in ds_modes),
+                                               any(m in ("av", "audio") for m in ds_modes))
+                for mode in ds_modes:
+                    v = v_all if mode in ("av", "video") else None
+                    a = a_all if mode in ("av", "audio") else None
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + vi * 10_007 + b0)
+                    x0 = predict_from_features(runner, v, a, len(tb), steps, generator=g)
+                    preds[mode] = postprocess_map(x0)
+                for k, t in enumerate(tb):
+                    if dens[k].sum() <= 0:
+                        continue  # an empty ground-truth map has nothing to score (official code skips it)
+                    for mode in ds_modes:
+                        rows[mode].append(frame_scores(preds[mode][k], dens[k], fixs[k], others[k], seed))
+                    rows[BASELINE].append(frame_scores(centre_prior(dens[k].shape), dens[k], fixs[k], others[k], seed))
+                if len(examples) < n_examples and b0 == 0:
+                    examples.append({"dataset": ds_name, "video": video.name, "frame": tb[0],
+                                     "image": video.frame(tb[0]), "gt": dens[0],
+                                     "preds": {m: preds[m][0] for m in ds_modes}})
+                if bar is not None:
+                    bar.update(len(tb))
+            per_video[video.name] = {m: _mean_dicts(r) for m, r in rows.items() if r}
+        summary = {}
+        for m in (*ds_modes, BASELINE):
+            vals = [pv[m] for pv in per_video.values() if m in pv]
+            if vals:
+                summary[m] = _mean_dicts(vals)
+        result["datasets"][ds_name] = {"n_videos": len(videos), "modes": summary, "per_video": per_video}
+    if bar is not None:
+        bar.close()
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    result["_examples"] = examples
+    return result
+
+
+# --------------------------------------------------------------------------- report
+def markdown_table(result: dict) -> str:
+    lines = []
+    head = "| dataset | mode | " + " | ".join(n.upper().replace("_", "-") for n in METRIC_NAMES) + " |"
+    lines += [head, "|" + "---|" * (2 + len(METRIC_NAMES))]
+    for ds, d in result["datasets"].items():
+        for mode, vals in d["modes"].items():
+            cells = [f"{vals[n]:.3f}" if n in vals else "—" for n in METRIC_NAMES]
+            label = "centre prior" if mode == BASELINE else mode
+            lines.append(f"| {ds} | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("KLD: lower is better; all others: higher is better.")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dsets = list(result["datasets"])
+    fig, axes = plt.subplots(len(dsets), len(METRIC_NAMES), figsize=(3 * len(METRIC_NAMES), 2.8 * len(dsets)),
+                             squeeze=False)
+    for r, ds in enumerate(dsets):
+        modes = result["datasets"][ds]["modes"]
+        names = list(modes)
+        for c, metric in enumerate(METRIC_NAMES):
+            ax = axes[r][c]
+            vals = [modes[m].get(metric, np.nan) for m in names]
+            colors = ["#888888" if m == BASELINE else f"C{i}" for i, m in enumerate(names)]
+            ax.bar(range(len(names)), vals, color=colors)
+            ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+            ax.set_title(f"{ds}: {metric.upper().replace('_', '-')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def example_grid(examples: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not examples:
+        return
+    modes = list(examples[0]["preds"])
+    cols = 2 + len(modes)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(2.6 * cols, 1.7 * len(examples)), squeeze=False)
+    for r, ex in enumerate(examples):
+        panels = [("frame", ex["image"], None), ("ground truth", ex["gt"], "gray")]
+        panels += [(m, ex["preds"][m], "gray") for m in modes]
+        for c, (title, img, cmap) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        axes[r][0].set_ylabel(f"{ex['video']}\n#{ex['frame']}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(result: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = result.pop("_examples", [])
+    paths = {"json": out / "metrics.json", "md": out / "metrics.md", "chart": out / "metrics.png",
+             "examples": out / "examples.png"}
+    paths["json"].write_text(json.dumps(result, indent=1, sort_keys=True))
+    paths["md"].write_text(markdown_table(result))
+    bar_chart(result, paths["chart"])
+    example_grid(examples, paths["examples"])
+    return paths
+
+
+# --------------------------------------------------------------------------- data + CLI
+def default_data_root() -> Path:
+    return Path(os.environ.get("SALSTREAM_DATA", Path.home() / ".cache" / "salstream"))
+
+
+def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: int = 150,
+                 cache_root: Optional[Path] = None) -> dict[str, list[Video]]:
+    """``synthetic`` (written on first use under the data cache) or a dataset directory."""
+    from .datasets.layout import load_videos
+    from .datasets.synthetic import write_synthetic
+    if data == "synthetic":
+        root = (cache_root or default_data_root()) / "synthetic"
+        write_synthetic(root, {split: n_clips}, n_frames=n_frames, progress=True)
+        vids = load_videos(root, split, datasets=["Synthetic"])
+        return {"Synthetic": vids["Synthetic"][:n_clips]}
+    if not Path(data).is_dir():
+        raise SalstreamError(f"--data {data!r}: not 'synthetic' and not a directory")
+    return load_videos(data, split, fold)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="score a checkpoint: six metrics per dataset and mode, plus a centre prior",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help="salstream .safetensors checkpoint (default: the bundled lite model)")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
+    p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test)")
+    p.add_argument("--fold", type=int, default=1, help="AV datasets: fold 1-3")
+    p.add_argument("--clips", type=int, default=40, help="synthetic: number of clips (default 40)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of av,video,audio")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
+    p.add_argument("--frame-step", type=int, default=6, help="score every N-th frame (default 6: even, so lite's "
+                   "stride-2 windows only ever need the even frames)")
+    p.add_argument("--max-windows", type=int, default=None, help="at most this many frames per video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", type=Path, default=None, help="where synthetic data is written "
+                   "(default $SALSTREAM_DATA or ~/.cache/salstream)")
+    p.add_argument("--out", type=Path, default=Path("eval_report"), help="report folder (default ./eval_report)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SalstreamError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise SalstreamError(f"--checkpoint {ckpt}: no such file; train one with `salstream train` "
+                             "or pass the path of an existing .safetensors checkpoint")
+    model = load_model(ckpt)
+    data = resolve_data(args.data, args.split, args.clips, args.fold, cache_root=args.data_root)
+    result = evaluate(model, data, modes, steps=args.steps, frame_step=args.frame_step,
+                      max_windows=args.max_windows, seed=args.seed)
+    result["checkpoint"] = ckpt.name
+    result["data"] = args.data if args.data == "synthetic" else Path(args.data).name
+    result["split"] = args.split
+    paths = write_report(result, args.out)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

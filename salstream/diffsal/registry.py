@@ -1,0 +1,58 @@
+"""Profile registry: ``create_model("lite")`` / ``create_model("full")``.
+
+Profiles register a default :class:`ModelConfig` and a builder; callers may
+override config fields (``create_model("full", input_size=(64, 96))``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from torch import nn
+
+from .config import ModelConfig
+
+_BUILDERS: dict[str, tuple[Callable[[], ModelConfig], Callable[[ModelConfig], nn.Module]]] = {}
+
+
+def register_profile(name: str, default_config: Callable[[], ModelConfig]):
+    def deco(builder: Callable[[ModelConfig], nn.Module]):
+        _BUILDERS[name] = (default_config, builder)
+        return builder
+    return deco
+
+
+BUILTIN_PROFILE_MODULES = ("salstream.diffsal.models.full", "salstream.diffsal.models.lite")
+
+
+def _load_builtin_profiles() -> None:
+    # Importing the modules registers them; kept lazy so `diffsal.config` stays light.
+    import importlib
+    for name in BUILTIN_PROFILE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not an absent profile module
+                raise
+
+
+def available_profiles() -> list[str]:
+    _load_builtin_profiles()
+    return sorted(_BUILDERS)
+
+
+def default_config(profile: str, **overrides) -> ModelConfig:
+    _load_builtin_profiles()
+    if profile not in _BUILDERS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(_BUILDERS)}")
+    cfg = _BUILDERS[profile][0]()
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def create_model(profile_or_config: str | ModelConfig, **overrides) -> nn.Module:
+    """Build an untrained model (eval mode) for a profile name or a full config."""
+    cfg = (profile_or_config if isinstance(profile_or_config, ModelConfig)
+           else default_config(profile_or_config, **overrides))
+    _load_builtin_profiles()
+    model = _BUILDERS[cfg.profile][1](cfg)
+    return model.eval()
