@@ -1,5 +1,3 @@
-"""Reproducible latency and throughput measurements (``salstream bench``).
-
-Run from a source checkout: ``salstream bench`` (editable install) or
-``python -m benchmarks.cli``. Nothing in the installed packages imports this package.
+"""Reproducible latency and throughput measurements: ``python -m benchmarks`` from the repository
+root (``salstream bench`` starts the same in a checkout). Nothing in the installed package imports this.
 """

@@ -1,4 +1,4 @@
-"""``salstream bench``: model- and pipeline-level latency, written as JSON, plots and markdown.
+"""``python -m benchmarks`` (or ``salstream bench`` in a checkout): model- and pipeline-level latency, written as JSON, plots and markdown.
 
     salstream bench                      # default run (~10 min on 2 idle cores): lite + full, pipeline 1/2/4 streams
     salstream bench --quick              # tiny sizes, < 1 min: checks the machinery, not the speed
@@ -10,7 +10,6 @@ Each run writes ``bench.json``, ``summary.md`` and PNG plots into a new director
 ``--out``; a non-quick run also regenerates the README performance table
 (``benchmarks/results/README-performance.md``), taking a part it left out (``--skip-model``)
 from the newest earlier run that has it.
-Also runnable as ``python -m benchmarks.cli`` from the repository root.
 """
 from __future__ import annotations
 
@@ -38,13 +37,6 @@ def _ints(text: str) -> list[int]:
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="measure latency and throughput (model, live pipeline, a subscriber)",
-                              description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    configure(p)
-    return p
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -106,14 +98,12 @@ def _progress(msg: str) -> None:
 
 def _pipeline_engine(args, quick: bool, threads: int):
     if quick:
-        from salstream.engines import create_engine
+        from salstream.runtime import make_engine
 
         from .model_bench import load_subject
         model, _ = load_subject(args.pipeline_profile, quick=True)
-        return lambda: create_engine(args.pipeline_engine or "torch", model=model, threads=threads,
-                                     **({"cache_root": args.cache_root} if (args.pipeline_engine or "").startswith("ort")
-                                        else {}))
-    from salstream.streamer.pipeline import load_engine
+        return lambda: make_engine(args.pipeline_engine or "torch", model, threads=threads, cache_root=args.cache_root)
+    from salstream.runtime import load_engine
 
     def factory():
         return load_engine(args.pipeline_profile, args.checkpoint, args.pipeline_engine or "ort-cpu", threads)[0]
@@ -237,7 +227,7 @@ def _render(run_dir: Path, args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     configure(parser)
     args = parser.parse_args(argv)
     from salstream.errors import SalstreamError

@@ -8,7 +8,7 @@ the baseline's. Both are decoded and compared with the source (luma):
 * PSNR inside / outside the salient region (map ≥ ``--threshold`` of its peak),
   saliency-weighted PSNR, overall PSNR, file size;
 * mean decoded QP inside / outside (intra frames) and the estimated share of bits
-  spent inside (rate-model estimate, see ``streamer.encode.RegionQuality``).
+  spent inside (rate-model estimate, see ``salstream.streamer.guidance.quality.RegionQuality``).
 
 Clips: the synthetic benchmark clip with its ground-truth density as the saliency,
 and the bundled sample (``salstream/streamer/media/box.mp4``) with maps from the real
@@ -16,7 +16,7 @@ pipeline (in process, every frame; the bundled lite weights when present, else a
 untrained model, which the JSON records). Writes ``encode_quality.json``, a plot
 (``encode_quality.png``) and side-by-side stills (``still_<clip>.png``) to ``--out-dir``.
 
-    .venv/bin/python benchmarks/encode_quality.py --out-dir benchmarks/results/encode_quality
+    python -m benchmarks.encode_quality --out-dir benchmarks/results/encode_quality
 """
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from salstream.streamer.encode import (EncodeSettings, encode_clip, encode_matched, measure_region_quality,  # noqa: E402
-                             parse_bitrate)
-from salstream.streamer.roi import RoiConfig  # noqa: E402
+from salstream.streamer.guidance.encoder import EncodeSettings, parse_bitrate  # noqa: E402
+from salstream.streamer.guidance.quality import encode_clip, encode_matched, measure_region_quality  # noqa: E402
+from salstream.streamer.guidance.roi import RoiConfig  # noqa: E402
 
 Pairs = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -59,8 +57,9 @@ def _free_port() -> int:
 def sample_clip(path: str, frames: int, checkpoint: Optional[str], steps: Optional[int]
                 ) -> tuple[str, list[np.ndarray], list[np.ndarray], float, dict]:
     """Frames of ``path`` and the pipeline's map for each of them (run offline, a map per frame)."""
-    from salstream.streamer.pipeline import DEFAULT_CHECKPOINT, Pipeline, PipelineOptions
-    from salstream.streamer.sources import open_source
+    from salstream.runtime import load_engine
+    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.live.sources import open_source
 
     source = open_source(path, paced=False)
     fps = source.fps
@@ -68,27 +67,30 @@ def sample_clip(path: str, frames: int, checkpoint: Optional[str], steps: Option
     maps: dict[int, np.ndarray] = {}
 
     class Keep:
-        """Records the frames the pipeline reads (same units, same indices)."""
+        """Keeps the frames the pipeline reads and the map of each."""
 
-        def __init__(self, src):
-            self._src = src
+        def start(self, sources, publisher) -> None:
+            pass
 
-        def __iter__(self):
-            for unit in self._src:
-                img = getattr(unit, "image", None)
-                if img is not None and unit.index < frames:
-                    images[unit.index] = img
-                yield unit
+        def on_unit(self, unit) -> None:
+            img = getattr(unit, "image", None)
+            if img is not None and unit.index < frames:
+                images[unit.index] = img
 
-        def __getattr__(self, name):
-            return getattr(self._src, name)
+        def on_map(self, header, saliency) -> None:
+            maps[header.frame_index] = np.array(saliency, np.float32)
 
-    opts = PipelineOptions(sources=[path], checkpoint=checkpoint, steps=steps, paced=False, max_frames=frames,
+        def close(self, failed: bool = False) -> None:
+            pass
+
+        def summary(self) -> list[str]:
+            return []
+
+    opts = PipelineOptions(sources=[path], steps=steps, paced=False, max_frames=frames,
                            send_frames=False, publish=f"tcp://127.0.0.1:{_free_port()}")
     t0 = time.monotonic()
-    pipe = Pipeline(opts, sources=[Keep(source)],
-                    on_map=lambda h, sal: maps.__setitem__(int(h["frame_index"]), np.array(sal, np.float32)))
-    pipe.run()
+    engine, weights = load_engine("lite", checkpoint, "torch")
+    Pipeline(opts, engine, sources=[source], consumers=[Keep()]).run()
     seconds = time.monotonic() - t0
     n = min(frames, len(images))
     if not maps:
@@ -100,7 +102,7 @@ def sample_clip(path: str, frames: int, checkpoint: Optional[str], steps: Option
     for i in range(n):
         last = maps.get(i, last)
         ordered.append(last)
-    weights = checkpoint or (str(DEFAULT_CHECKPOINT.relative_to(ROOT)) if DEFAULT_CHECKPOINT.is_file() else None)
+    weights = str(Path(weights).resolve().relative_to(ROOT)) if weights and Path(weights).resolve().is_relative_to(ROOT) else weights
     info = {"path": str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else path,
             "saliency": "pipeline maps (lite profile)", "weights": weights or "UNTRAINED (no weights found)",
             "maps": len(maps), "pipeline_seconds": round(seconds, 1)}

@@ -11,8 +11,8 @@ Dynamic INT8 quantisation (``onnxruntime.quantization.quantize_dynamic``) is mea
 as two variants, MatMul/Gemm weights only and MatMul/Gemm/Conv, each with its maps'
 CC against the FP32 ONNX graphs on the same random windows and noise.
 
-    .venv/bin/python benchmarks/engines.py                       # lite, 2 threads, random weights
-    .venv/bin/python benchmarks/engines.py --checkpoint CKPT --iters 100
+    python -m benchmarks.engines                       # lite, 2 threads, random weights
+    python -m benchmarks.engines --checkpoint CKPT --iters 100
 
 Writes ``benchmarks/results/engines.json`` and ``engines.md``. Engines whose runtime
 or GPU is missing are listed with the reason instead of a time.
@@ -32,11 +32,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salstream.diffsal.inference import encode_window, predict_from_features  # noqa: E402
-from salstream.engines import EngineUnavailable, create_engine  # noqa: E402
-from salstream.export.graphs import example_noise, example_window  # noqa: E402
+from salstream.errors import EngineUnavailable  # noqa: E402
+from salstream.runtime import make_engine  # noqa: E402
+from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
 from salstream.export.parity import map_cc  # noqa: E402
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     engines: dict[str, Any] = {}
     for label, name, kwargs in candidates:
         try:
-            engine = create_engine(name, model=model, **kwargs)
+            engine = make_engine(name, model, **kwargs)
         except EngineUnavailable as exc:
             result["unavailable"][label] = str(exc)
             print(f"{label}: unavailable ({exc})", flush=True)

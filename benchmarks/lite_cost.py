@@ -5,8 +5,8 @@ audio encoder on at most one new log-mel slice (one every 0.11 s, i.e. fewer tha
 per frame at 30 fps; counted as one), and ``steps`` denoiser calls for the window that
 ends at the frame (the slice transformer and the temporal mixing run inside each call).
 
-    .venv/bin/python benchmarks/lite_cost.py                 # eager + ONNX Runtime, 2 threads
-    .venv/bin/python benchmarks/lite_cost.py --no-ort --repeats 10
+    python -m benchmarks.lite_cost                 # eager + ONNX Runtime, 2 threads
+    python -m benchmarks.lite_cost --no-ort --repeats 10
 
 FLOPs come from ``torch.utils.flop_counter`` (2 × multiply-adds of convolutions and
 matrix products; element-wise work is not counted). Latency is the median wall time
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salstream.diffsal import create_model  # noqa: E402
 from salstream.diffsal.models.base import stack_time  # noqa: E402

@@ -2,8 +2,8 @@
 synthetic **validation** split (never the test split) for several step counts and both
 timestep spacings.
 
-    .venv/bin/python benchmarks/lite_sampler_val.py                          # the bundled weights
-    .venv/bin/python benchmarks/lite_sampler_val.py --checkpoint runs/x/best.safetensors
+    python -m benchmarks.lite_sampler_val                          # the bundled weights
+    python -m benchmarks.lite_sampler_val --checkpoint runs/x/best.safetensors
 
 Scores 96 windows spread over the 8 validation clips (the ones ``salstream train`` uses),
 seeded noise, and writes JSON (default
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salstream.diffsal.checkpoint import load_model  # noqa: E402
 from salstream.diffsal.datasets.layout import load_videos  # noqa: E402

@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -90,10 +89,11 @@ def load_subject(profile: str, quick: bool) -> tuple[torch.nn.Module, str]:
     """The model to measure and where its weights came from (speed does not depend on training)."""
     from salstream.diffsal.registry import create_model
     if not quick and profile == "lite":
-        from salstream.streamer.pipeline import DEFAULT_CHECKPOINT
-        if DEFAULT_CHECKPOINT.is_file():
+        from salstream.diffsal.registry import bundled_weights
+        bundled = bundled_weights("lite")
+        if bundled is not None:
             from salstream.diffsal.checkpoint import load_model
-            return load_model(str(DEFAULT_CHECKPOINT), profile="lite"), DEFAULT_CHECKPOINT.name
+            return load_model(str(bundled), profile="lite"), bundled.name
     torch.manual_seed(0)
     model = create_model(quick_config(profile) if quick else profile)
     return model.requires_grad_(False), "untrained (random initialisation)"
@@ -102,14 +102,12 @@ def load_subject(profile: str, quick: bool) -> tuple[torch.nn.Module, str]:
 def build_engine(name: str, model: torch.nn.Module, threads: Optional[int], cache_root: Optional[str],
                  extra: Optional[dict[str, Any]] = None):
     """``(engine, None)`` or ``(None, reason)`` when the engine's runtime or device is absent."""
-    from salstream.engines import create_engine
-    from salstream.engines.base import EngineUnavailable
-    kwargs: dict[str, Any] = {"threads": threads}
-    if name.startswith("ort-"):
-        kwargs["cache_root"] = cache_root
+    from salstream.errors import EngineUnavailable
+    from salstream.runtime import make_engine
+    kwargs: dict[str, Any] = {"threads": threads, "cache_root": cache_root}
     kwargs.update(extra or {})
     try:
-        return create_engine(name, model=model, **kwargs), None
+        return make_engine(name, model, **kwargs), None
     except (EngineUnavailable, ImportError) as exc:
         return None, str(exc).splitlines()[0]
     except (SalstreamError, ValueError, RuntimeError) as exc:   # e.g. an export this runtime cannot do
@@ -423,7 +421,7 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
 def _flops(model: torch.nn.Module) -> dict[str, float]:
     """GFLOPs of one call of each graph at batch 1 (torch FLOP counter, as benchmarks/lite_cost.py)."""
     from .lite_cost import count_gflops
-    from salstream.export.graphs import example_window
+    from salstream.artifacts.graphs import example_window
     from salstream.diffsal.inference import encode_window
     cfg = model.config
     video, audio = example_window(cfg, 1)

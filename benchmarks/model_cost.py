@@ -1,8 +1,8 @@
 """Model cost per profile: parameters, GFLOPs and latency of each part.
 
-    python benchmarks/model_cost.py                      # every registered profile, CPU
-    python benchmarks/model_cost.py --profile full --repeats 3 --threads 2
-    python benchmarks/model_cost.py --profile full --device cuda
+    python -m benchmarks.model_cost                      # every registered profile, CPU
+    python -m benchmarks.model_cost --profile full --repeats 3 --threads 2
+    python -m benchmarks.model_cost --profile full --device cuda
 
 GFLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-
 add; matmuls and convolutions only). Latency is eager FP32, batch 1: one warm-up call,
@@ -31,8 +31,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
 
 from salstream.diffsal.inference import predict_window  # noqa: E402
 from salstream.diffsal.registry import available_profiles, create_model  # noqa: E402

@@ -76,7 +76,7 @@ class ResourceSampler:
 
 def open_sources(spec: str, streams: int, *, frame_size: Optional[tuple[int, int]] = None, loop_frames: int = 90):
     """``streams`` paced sources; the synthetic scene is pre-rendered (see module doc)."""
-    from salstream.streamer.sources import open_source
+    from salstream.streamer.live.sources import open_source
     out = []
     for i in range(streams):
         if spec.lower().startswith("synthetic"):
@@ -99,13 +99,12 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
                  progress: Callable[[str], None] = print) -> dict[str, Any]:
     """One paced run of ``seconds`` (``None``: until the sources end) through the live pipeline on
     ``engine``; returns its figures. ``send_frames`` publishes frame previews as ``salstream run`` does."""
-    from salstream.streamer.pipeline import Pipeline, PipelineOptions
-    from salstream.streamer.subscriber import Subscriber
+    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.wire.subscriber import Subscriber
 
     sources = open_sources(source, streams, frame_size=frame_size)
     fps = sources[0].fps or 30.0
-    opts = PipelineOptions(sources=[source] * streams, profile=engine.config.profile,
-                           engine=getattr(engine, "name", "?"), steps=steps, hop=hop, publish="tcp://127.0.0.1:*",
+    opts = PipelineOptions(sources=[source] * streams, steps=steps, hop=hop, publish="tcp://127.0.0.1:*",
                            duration=seconds, max_batch=max_batch, batch_deadline_ms=batch_deadline_ms,
                            wait_subscriber=30.0, send_frames=send_frames)
     pipe = Pipeline(opts, engine=engine, sources=sources)

@@ -7,9 +7,9 @@ percentiles (monotonic clock of this host), maps/s, dropped windows (latest wins
 the median of every pipeline stage. ``--streams N`` feeds N copies of the source to
 exercise batching across streams.
 
-    .venv/bin/python benchmarks/pipeline_latency.py                         # bundled clip, 1 stream
-    .venv/bin/python benchmarks/pipeline_latency.py --streams 2 --seconds 10 --threads 2
-    .venv/bin/python benchmarks/pipeline_latency.py --source synthetic --steps 1
+    python -m benchmarks.pipeline_latency                         # bundled clip, 1 stream
+    python -m benchmarks.pipeline_latency --streams 2 --seconds 10 --threads 2
+    python -m benchmarks.pipeline_latency --source synthetic --steps 1
 
 Writes JSON (default ``benchmarks/results/pipeline_latency.json``). The first
 ``--warmup`` seconds of maps are left out of the figures (first-call allocations).
@@ -24,10 +24,9 @@ import sys
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.pipeline_bench import run_pipeline  # noqa: E402  (one measuring loop for every pipeline benchmark)
-from salstream.streamer.pipeline import load_engine  # noqa: E402
+from salstream.runtime import load_engine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/pipeline_latency.json")
     args = ap.parse_args(argv)
 
-    from salstream.streamer.sources import default_demo_source
+    from salstream.streamer.live.sources import default_demo_source
     src = args.source or default_demo_source()
     engine, _ = load_engine(args.profile, args.checkpoint, args.engine, args.threads)
     r = run_pipeline(engine, streams=args.streams, seconds=args.seconds, warmup_s=args.warmup, steps=args.steps,

@@ -17,9 +17,9 @@ The full run (10 minutes, the default, or any run of 5 minutes or more) asserts 
 and latency-drift limits too and exits 1 when one is broken; shorter runs only report
 those two (too short for a stable figure) but always check the leak invariants.
 
-    .venv/bin/python benchmarks/soak.py                   # 10 min, bundled lite weights
-    .venv/bin/python benchmarks/soak.py --minutes 1       # CI-sized
-    .venv/bin/python benchmarks/soak.py --seconds 20 --small --out /tmp/soak   # machinery check
+    python -m benchmarks.soak                   # 10 min, bundled lite weights
+    python -m benchmarks.soak --minutes 1       # CI-sized
+    python -m benchmarks.soak --seconds 20 --small --out /tmp/soak   # machinery check
 
 Writes ``soak.json`` and ``soak.png`` under ``--out`` (default ``benchmarks/results/soak``).
 Other work on the machine changes the latency figures: the load average is recorded.
@@ -38,11 +38,11 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from salstream.streamer.pipeline import Pipeline, PipelineOptions, load_engine  # noqa: E402
-from salstream.streamer.subscriber import Subscriber  # noqa: E402
-from salstream.streamer.testing.process import open_descriptors, settled  # noqa: E402
+from salstream.runtime import load_engine  # noqa: E402
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from salstream.streamer.wire.subscriber import Subscriber  # noqa: E402
+from tests.support.process import open_descriptors, settled  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05     # after warm-up
 P95_DRIFT_LIMIT = 0.25      # last third's p95 at most 25 % above the first third's (plus DRIFT_SLACK_MS)
@@ -133,7 +133,7 @@ def soak(args) -> dict:
     threads_before, (fds_before, sockets_before) = python_threads(), open_descriptors()
     os_threads_before = os_threads()
 
-    opts = PipelineOptions(sources=[args.source] * args.streams, steps=args.steps, threads=args.threads,
+    opts = PipelineOptions(sources=[args.source] * args.streams, steps=args.steps,
                            publish="tcp://127.0.0.1:*", duration=seconds, wait_subscriber=60.0,
                            send_frames=True, paced=True)
     pipe = Pipeline(opts, engine=engine)

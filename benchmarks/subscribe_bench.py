@@ -160,7 +160,7 @@ def run_subscribe(address: str, *, seconds: Optional[float] = 30.0, maps: Option
     """Subscribe to ``address`` and measure; a publisher that sends nothing within
     ``connect_timeout`` seconds is an error naming the address."""
     from salstream.errors import SalstreamError
-    from salstream.streamer.subscriber import Subscriber
+    from salstream.streamer.wire.subscriber import Subscriber
 
     with Subscriber(address, streams=streams) as sub:
         progress(f"subscribed to {address}; waiting for maps")

@@ -1,6 +1,6 @@
 """``python -m salstream``: the same command line as the ``salstream`` script."""
 import sys
 
-from salstream.streamer.cli import main
+from salstream.cli import main
 
 sys.exit(main())

@@ -7,3 +7,10 @@ class SalstreamError(ValueError):
 
 class CheckpointError(SalstreamError):
     """A checkpoint file that cannot be used (corrupt, truncated, wrong profile)."""
+
+
+class EngineUnavailable(SalstreamError, RuntimeError):
+    """A runtime or device an engine needs is missing; the message names what to install.
+
+    A :class:`SalstreamError` so the command line prints it as one line, not a traceback.
+    """

@@ -3,25 +3,23 @@ and nothing half-written (the --record file is never left behind)."""
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import TinySaliency, tiny_config, tiny_model  # noqa: E402
+from tests.support.tiny_models import TinySaliency, tiny_config, tiny_model
 
 from salstream.diffsal.checkpoint import save_checkpoint  # noqa: E402
 from salstream.errors import SalstreamError  # noqa: E402
 from salstream.diffsal.registry import _BUILDERS, register_profile  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
-from pipeline_support import engine  # noqa: F401,E402  (module-scoped fixture)
-from salstream.streamer import cli  # noqa: E402
-from salstream.streamer.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from salstream.streamer.publish import Publisher  # noqa: E402
-from salstream.streamer.testing.media import write_test_clip  # noqa: E402
-from salstream.streamer.testing.rtsp import free_port  # noqa: E402
+
+from salstream import cli as cli  # noqa: E402
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from salstream.streamer.overlay.recording import OverlayRecording  # noqa: E402
+from salstream.streamer.wire.publisher import Publisher  # noqa: E402
+from tests.support.media import write_test_clip  # noqa: E402
+from tests.support.rtsp import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +129,12 @@ class MisfitEngine:
 
 def test_wrong_window_shape_is_named_and_leaves_no_recording(engine, files, tmp_path, capsys, monkeypatch):
     record = tmp_path / "overlay.mp4"
-    opts = PipelineOptions(sources=[str(files["clip"])], publish="tcp://127.0.0.1:*", record=str(record), steps=1,
-                           paced=False)
+    opts = PipelineOptions(sources=[str(files["clip"])], publish="tcp://127.0.0.1:*", steps=1, paced=False)
     with pytest.raises(SalstreamError, match=r"encode_video takes one frame \(B, 3, 64, 96\), got \(\d+, 3, 48, 64\)"):
-        Pipeline(opts, engine=MisfitEngine(engine)).run()
+        Pipeline(opts, MisfitEngine(engine), consumers=[OverlayRecording(record)]).run()
     assert not list(tmp_path.iterdir()), "the recording was started, so it must be removed, not left half-made"
     # The same through the command line: one line, exit 2.
-    monkeypatch.setattr("salstream.streamer.pipeline.load_engine", lambda *a, **k: (MisfitEngine(engine), None))
+    monkeypatch.setattr("salstream.runtime.load_engine", lambda *a, **k: (MisfitEngine(engine), None))
     code = cli.main(["run", "--source", str(files["clip"]), "--publish", "tcp://127.0.0.1:*", "--record",
                      str(record), "--as-fast-as-possible"])
     err = capsys.readouterr().err

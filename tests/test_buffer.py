@@ -9,8 +9,8 @@ from salstream.diffsal import audio as afeat
 from salstream.diffsal.config import AudioConfig, ModelConfig
 from salstream.errors import SalstreamError
 from salstream.diffsal.preprocess import preprocess_frame
-from salstream.streamer.buffer import AUDIO_RATE, AudioRing, WindowAssembler
-from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.live.assembler import AUDIO_RATE, AudioRing, WindowAssembler
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 
 FPS = 30.0
 HOP_S = afeat.slice_hop_samples() / AUDIO_RATE     # one audio slice hop (0.11 s)

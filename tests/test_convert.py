@@ -12,7 +12,7 @@ import torch
 from salstream.diffsal.checkpoint import load_state, read_metadata
 from salstream.diffsal.convert import AUDIO_PREFIXES, convert_official
 from salstream.errors import CheckpointError
-from salstream.streamer.cli import main as cli_main
+from salstream.cli import main as cli_main
 
 KEYS: dict[str, list[int]] = json.loads(
     (Path(__file__).parent / "data" / "official_keys.json").read_text())

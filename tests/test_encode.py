@@ -1,4 +1,4 @@
-"""Saliency-guided H.264 through PyAV/libx264 (streamer.encode, `salstream encode`)."""
+"""Saliency-guided H.264 through PyAV/libx264 (streamer.guidance, `salstream encode`)."""
 from __future__ import annotations
 
 import ctypes
@@ -14,11 +14,12 @@ from av.sidedata.sidedata import Type as SideDataType
 
 from salstream.diffsal.datasets.synthetic import SyntheticClip
 from salstream.errors import SalstreamError
-from salstream.streamer.cli import main as cli_main
-from salstream.streamer.encode import (EncodeSettings, FrameMapAligner, GuidedEncoder, RoiTagger, encode_clip, encode_matched,
-                             measure_region_quality, parse_bitrate)
-from salstream.streamer.media import VideoFrame
-from salstream.streamer.roi import Region, RoiConfig, regions_to_struct
+from salstream.cli import main as cli_main
+from salstream.streamer.align import FrameMapAligner
+from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, RoiTagger, parse_bitrate
+from salstream.streamer.guidance.quality import encode_clip, encode_matched, measure_region_quality
+from salstream.streamer.live.units import VideoFrame
+from salstream.streamer.guidance.roi import Region, RoiConfig, regions_to_struct
 
 W, H = 256, 128
 
@@ -206,7 +207,7 @@ def test_cli_encodes_a_synthetic_source_with_ground_truth(tmp_path, capsys):
 
 def test_cli_follows_maps_from_a_publisher(tmp_path, capsys):
     """Live route: maps arrive over ZeroMQ (the wire format of `salstream run`) while frames are read."""
-    from salstream.streamer.publish import Publisher
+    from salstream.streamer.wire.publisher import Publisher
 
     n = 40
     sal = np.zeros((56, 96), np.float32)
@@ -249,14 +250,14 @@ def _free_port() -> int:
 def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
     """Default route: the live pipeline computes the maps (an untrained lite model is enough to
     prove the wiring) and the regions actually applied go out on roi/0 next to the maps."""
-    from salstream.streamer.roi import RoiSubscriber
+    from salstream.streamer.wire.subscriber import Subscriber
 
     address = f"tcp://127.0.0.1:{_free_port()}"
     got = []
     stop = threading.Event()
 
     def listen() -> None:
-        with RoiSubscriber(address, ["0"]) as sub:
+        with Subscriber(address, ["0"], kinds={"roi"}) as sub:
             while not stop.is_set():
                 msg = sub.recv(timeout=0.1)
                 if msg is not None:
@@ -277,4 +278,4 @@ def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
     with av.open(str(tmp_path / "p.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 20
     # Subscriber joins late (slow joiner) but must see some of the ROI messages.
-    assert got and got[-1].qp_map.shape == (14, 24) and got[-1].regions
+    assert got and got[-1].offsets.shape == (14, 24) and got[-1].regions

@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_exports, tiny_model  # noqa: E402,F401  (tiny_exports: shared fixture)
+from tests.support.tiny_models import tiny_model
 
 from salstream.diffsal.config import MODES  # noqa: E402
 from salstream.errors import SalstreamError  # noqa: E402
 from salstream.diffsal.inference import predict_window  # noqa: E402
 from salstream.engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
+from salstream.runtime import make_engine
 from salstream.engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
-from salstream.export.graphs import example_noise, example_window  # noqa: E402
-from salstream.export.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
+from salstream.artifacts.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -95,18 +93,18 @@ def test_missing_mode_graph_is_a_clear_error(tmp_path):
 
 def test_export_on_the_fly_is_cached(tmp_path):
     model = tiny_model(True)
-    e1 = create_engine("ort-cpu", model=model, cache_root=tmp_path)
+    e1 = make_engine("ort-cpu", model, cache_root=tmp_path)
     entries = [p for p in tmp_path.iterdir()]
     assert len(entries) == 1 and (entries[0] / MANIFEST_NAME).is_file()
     stamp = (entries[0] / MANIFEST_NAME).stat().st_mtime_ns
-    e2 = create_engine("ort-cpu", model=model, cache_root=tmp_path)
+    e2 = make_engine("ort-cpu", model, cache_root=tmp_path)
     assert e2.artifacts == e1.artifacts and (entries[0] / MANIFEST_NAME).stat().st_mtime_ns == stamp
     video, audio = example_window(model.config, 1)
     noise = example_noise(model.config, 1)
     ref = predict_window(model, video, audio, "av", noise=noise)
     assert (predict_window(e2, video, audio, "av", noise=noise) - ref).abs().max() <= 1e-5
     # another model gets its own entry, never the cached graphs of the first
-    e3 = create_engine("ort-cpu", model=tiny_model(True, seed=9), cache_root=tmp_path)
+    e3 = make_engine("ort-cpu", tiny_model(True, seed=9), cache_root=tmp_path)
     assert e3.artifacts != e1.artifacts and len(list(tmp_path.iterdir())) == 2
 
 
@@ -126,7 +124,7 @@ def test_gpu_engines_say_what_is_missing_in_one_line(tiny_exports, name, needle)
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the errors given where no GPU runtime exists")
 def test_export_cli_tensorrt_without_runtime_is_one_line(tmp_path, capsys):
-    from salstream.streamer.cli import main
+    from salstream.cli import main
     rc = main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o"),
                "--tensorrt"])
     err = capsys.readouterr().err.strip()
@@ -161,11 +159,11 @@ def _real_model(profile: str):
 ])
 def test_real_profiles_ort_cpu_equal_torch_per_mode(profile, tmp_path):
     """The issue's bound: end-to-end map max abs diff <= 1e-3 in FP32, for each mode."""
-    from salstream.export.parity import run_parity
+    from salstream.cli.export import check_parity
     model = _real_model(profile)
     manifest = export_onnx(model, tmp_path)
     assert manifest.profile == profile and set(manifest.modes) == set(MODES)
-    report = run_parity(model, tmp_path, batch=2)
+    report = check_parity(model, tmp_path, batch=2)
     for mode in MODES:
         assert report["maps"][mode]["max_abs"] <= 1e-3, (mode, report["maps"][mode])
     assert report["pass"] is True

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,15 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_exports, tiny_model  # noqa: E402,F401  (tiny_exports: shared fixture)
+from tests.support.tiny_models import tiny_model
 
 from salstream.errors import SalstreamError  # noqa: E402
 from salstream.engines import create_engine  # noqa: E402
-from salstream.export.graphs import DENOISE_GRAPHS  # noqa: E402
-from salstream.export.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
+from salstream.artifacts.graphs import DENOISE_GRAPHS  # noqa: E402
+from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
-from salstream.export.parity import run_parity  # noqa: E402
+from salstream.cli.export import check_parity  # noqa: E402
 
 
 @pytest.mark.parametrize("per_frame", [True, False])
@@ -79,7 +76,7 @@ def test_batch_axis_is_dynamic(tiny_exports):
 @pytest.mark.parametrize("per_frame", [True, False])
 def test_parity_report_files_and_values(tiny_exports, per_frame):
     model, d = tiny_exports[per_frame]
-    report = run_parity(model, d, steps=3, batch=2)
+    report = check_parity(model, d, steps=3, batch=2)
     assert report["pass"] is True
     assert set(report["maps"]) == {"av", "video", "audio"}
     for e in [*report["graphs"].values(), *report["maps"].values()]:
@@ -129,7 +126,7 @@ def test_fp16_export_is_half_precision_inside(tmp_path):
     kinds = {init.data_type for init in proto.graph.initializer if len(init.dims) == 4}
     assert kinds == {onnx.TensorProto.FLOAT16}
     # CPU parity cannot run FP16 graphs: the report says so instead of pretending
-    report = run_parity(model, tmp_path)
+    report = check_parity(model, tmp_path)
     assert report["pass"] is None and "GPU" in report["skipped"]
     with pytest.raises(SalstreamError, match="FP32 graphs"):
         create_engine("ort-cpu", model=model, artifacts=tmp_path)

@@ -1,18 +1,15 @@
 """GPU engines against FP32 PyTorch. Skipped where there is no CUDA device (or runtime)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_model  # noqa: E402
+from tests.support.tiny_models import tiny_model
 
 from salstream.diffsal.config import MODES  # noqa: E402
 from salstream.diffsal.inference import predict_window  # noqa: E402
-from salstream.export.graphs import example_noise, example_window  # noqa: E402
+from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.export.parity import map_cc  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
@@ -58,9 +55,9 @@ def test_ort_cuda_parity_when_installed(tmp_path):
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu not installed")
-    from salstream.engines import create_engine
+    from salstream.runtime import make_engine
     model = tiny_model(True)
-    engine = create_engine("ort-cuda", model=model, cache_root=tmp_path)
+    engine = make_engine("ort-cuda", model, cache_root=tmp_path)
     assert min(_compare(engine, model).values()) >= MIN_CC
 
 

@@ -10,11 +10,11 @@ import wave
 import numpy as np
 import pytest
 
-from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
-from salstream.streamer.sources import open_source
-from salstream.streamer.sources.microphone import Microphone, MicrophoneSource, MicrophoneUnavailable
-from salstream.streamer.testing.alsa import write_capture_device
-from salstream.streamer.testing.media import write_test_clip
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.live.sources import open_source
+from salstream.streamer.live.sources.microphone import Microphone, MicrophoneSource, MicrophoneUnavailable
+from tests.support.alsa import write_capture_device
+from tests.support.media import write_test_clip
 
 pytest.importorskip("pyaudio", reason="PyAudio not installed (extra 'audio'; needs portaudio19-dev)")
 

@@ -10,16 +10,17 @@ import torch
 
 from salstream.diffsal import audio as afeat
 from salstream.errors import SalstreamError
-from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
-from salstream.streamer import wire
-from salstream.streamer.buffer import WindowAssembler
-from salstream.streamer.media import VideoFrame
-from salstream.streamer.pipeline import Pipeline, PipelineOptions
-from salstream.streamer.publish import Publisher
-from salstream.streamer.sources import open_source
-from salstream.streamer.subscriber import Subscriber
-from salstream.streamer.testing.media import write_test_clip
-from salstream.streamer.testing.rtsp import RtspTestServer, system_python
+from tests.support.pipeline import SlowEngine
+from salstream.streamer.wire import format as wire
+from salstream.streamer.live.assembler import WindowAssembler
+from salstream.streamer.live.units import VideoFrame
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.overlay.recording import OverlayRecording
+from salstream.streamer.wire.publisher import Publisher
+from salstream.streamer.live.sources import open_source
+from salstream.streamer.wire.subscriber import Subscriber
+from tests.support.media import write_test_clip
+from tests.support.rtsp import RtspTestServer, system_python
 
 HOP_S = afeat.slice_hop_samples() / afeat.SAMPLE_RATE
 
@@ -31,11 +32,11 @@ def clip(tmp_path_factory):
 
 
 def run_with_subscriber(opts: PipelineOptions, engine, timeout: float = 120.0, frames: bool = True,
-                        sources=None):
+                        sources=None, consumers=()):
     """Run a pipeline in a thread; a subscriber joins before any map is sent and collects everything."""
     opts.publish = "tcp://127.0.0.1:*"
     opts.wait_subscriber = 30.0
-    pipe = Pipeline(opts, engine=engine, sources=sources)
+    pipe = Pipeline(opts, engine=engine, sources=sources, consumers=consumers)
     out: dict = {}
 
     def target():
@@ -65,8 +66,9 @@ def run_with_subscriber(opts: PipelineOptions, engine, timeout: float = 120.0, f
 
 def test_file_to_subscriber_end_to_end(engine, clip, tmp_path):
     record = tmp_path / "overlay.mp4"
-    opts = PipelineOptions(sources=[str(clip.path)], paced=False, steps=2, record=str(record))
-    summary, maps, frames, missed = run_with_subscriber(opts, engine)
+    opts = PipelineOptions(sources=[str(clip.path)], paced=False, steps=2)
+    recording = OverlayRecording(record)
+    summary, maps, frames, missed = run_with_subscriber(opts, engine, consumers=[recording])
     n = clip.n_frames
     # offline (as fast as possible) runs map every window: one per frame with hop 1
     assert missed == 0 and summary.maps == n == len(maps)
@@ -96,7 +98,7 @@ def test_file_to_subscriber_end_to_end(engine, clip, tmp_path):
         kinds = {s.type: s.codec_context.name for s in c.streams}
         assert kinds == {"video": "h264", "audio": "aac"}
         decoded = sum(1 for _ in c.decode(video=0))
-    assert decoded == n and summary.overlay_frames == n
+    assert decoded == n and recording.frames == n
     assert summary.percentile(50) > 0 and summary.maps_per_second > 0
     text = summary.format()
     assert "p50" in text and "p95" in text and "p99" in text and "maps/s" in text
@@ -190,7 +192,9 @@ def test_two_streams_share_the_engine_in_batches(engine, clip):
 
 def test_address_in_use_fails_before_loading_anything(engine):
     with Publisher("tcp://127.0.0.1:*") as busy:
-        pipe = Pipeline(PipelineOptions(sources=["synthetic"], publish=busy.endpoint))
+        def never():
+            raise AssertionError("the engine must not be built when the address is busy")
+        pipe = Pipeline(PipelineOptions(sources=["synthetic"], publish=busy.endpoint), never)
         with pytest.raises(SalstreamError, match="already in use"):
             pipe.run()
 
@@ -200,9 +204,9 @@ def test_address_in_use_fails_before_loading_anything(engine):
     ("duration", -1.0, "--duration"), ("mode", "both", "--mode"), ("warm_start", 1000, "--warm-start"),
     ("max_new_frames", -1, "--max-new-frames"),
 ])
-def test_out_of_range_options_are_clear(field, value, needle):
+def test_out_of_range_options_are_clear(field, value, needle, engine):
     with pytest.raises(SalstreamError, match=needle):
-        Pipeline(PipelineOptions(**{field: value}))
+        Pipeline(PipelineOptions(**{field: value}), engine)
 
 
 def test_uint8_payload(engine, tmp_path):

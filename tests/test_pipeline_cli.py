@@ -6,19 +6,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
-from salstream.streamer import cli
-from salstream.streamer.overlay import OverlayRecorder, blend, heatmap
-from salstream.streamer.pipeline import Pipeline, PipelineOptions
-from salstream.streamer.subscriber import Subscriber
-from salstream.streamer.testing.media import write_test_clip
+
+from salstream import cli as cli
+from salstream.streamer.live.units import VideoFrame
+from salstream.streamer.overlay.recording import OverlayRecorder, OverlayRecording
+from salstream.streamer.overlay.render import blend, heatmap
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.wire.subscriber import Subscriber
+from tests.support.media import write_test_clip
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +75,7 @@ def test_signal_finishes_cleanly_with_a_playable_recording(sig, small_checkpoint
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "salstream.streamer.cli", "run", "--source", str(clip.path), "--checkpoint",
+        [sys.executable, "-m", "salstream", "run", "--source", str(clip.path), "--checkpoint",
          str(small_checkpoint), "--record", str(record), "--publish", f"tcp://127.0.0.1:{port}", "--steps", "1",
          "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -117,7 +118,7 @@ def test_view_records_the_overlay_of_a_running_pipeline(engine, tmp_path):
 
 
 def test_view_without_gui_asks_for_record(capsys, monkeypatch):
-    monkeypatch.setattr("salstream.streamer.overlay.has_gui", lambda: False)
+    monkeypatch.setattr("salstream.streamer.overlay.render.has_gui", lambda: False)
     code = cli.main(["view", "tcp://127.0.0.1:1"])
     assert code == 2 and "--record" in capsys.readouterr().err
 
@@ -130,19 +131,18 @@ def _free_port() -> int:
 
 
 def test_recording_holds_the_newest_map_for_frames_without_one(tmp_path):
-    from salstream.streamer.pipeline import _RecorderThread
-
-    rec = _RecorderThread(OverlayRecorder(tmp_path / "hold.mp4", fps=10))
+    rec = OverlayRecording(tmp_path / "hold.mp4")
+    rec.start()
     left = np.zeros((6, 8), np.float32)
     left[:, :2] = 1.0
     right = left[:, ::-1].copy()
     frame = np.full((64, 96, 3), 90, np.uint8)
     for i in range(10):
-        rec.frame(i, i / 10, frame)
+        rec.on_unit(VideoFrame(frame, i / 10, 0.0, i))
         if i == 0:
-            rec.map(0, left)
+            rec.add_map(0, left)
         elif i == 4:
-            rec.map(4, right)               # windows 1–3 and 5–9 were dropped: no maps for them
+            rec.add_map(4, right)           # windows 1–3 and 5–9 were dropped: no maps for them
     rec.close()
     with av.open(str(tmp_path / "hold.mp4")) as c:
         imgs = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]

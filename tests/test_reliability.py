@@ -20,18 +20,19 @@ import pytest
 import zmq
 
 from salstream.errors import SalstreamError
-from pipeline_support import engine, small_checkpoint  # noqa: F401  (module-scoped fixtures)
-from salstream.streamer import cli, wire
-from salstream.streamer.pipeline import Pipeline, PipelineOptions
-from salstream.streamer.publish import DEFAULT_ADDRESS, Publisher, _is_loopback
-from salstream.streamer.run_cli import add_parser
-from salstream.streamer.sources import open_source
-from salstream.streamer.sources.synthetic import SyntheticSource
-from salstream.streamer.sources.webcam import WebcamSource
-from salstream.streamer.subscriber import Subscriber
-from salstream.streamer.testing.media import write_test_clip
-from salstream.streamer.testing.process import open_descriptors, settled
-from salstream.streamer.testing.rtsp import RtspTestServer, free_port, system_python
+
+from salstream import cli
+from salstream.streamer.wire import format as wire
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher, _is_loopback
+from salstream.cli.run import add_parser
+from salstream.streamer.live.sources import open_source
+from salstream.streamer.live.sources.synthetic import SyntheticSource
+from salstream.streamer.live.sources.webcam import WebcamSource
+from salstream.streamer.wire.subscriber import Subscriber
+from tests.support.media import write_test_clip
+from tests.support.process import open_descriptors, settled
+from tests.support.rtsp import RtspTestServer, free_port, system_python
 
 REPO = Path(__file__).resolve().parent.parent
 needs_rtsp = pytest.mark.skipif(system_python() is None,
@@ -359,13 +360,14 @@ def test_subscriber_checks_sizes_before_allocating():
     ctx = zmq.Context.instance()
     raw = ctx.socket(zmq.PUB)
     port = raw.bind_to_random_port("tcp://127.0.0.1")
-    good = wire.encode_map({"stream": "0", "seq": 0}, np.full((4, 6), 0.5, np.float32))
+    good = wire.encode_map(wire.MapHeader(stream="0", frame_index=0, pts=0.0, capture_time=0.0),
+                           np.full((4, 6), 0.5, np.float32))
     try:
         with Subscriber(f"tcp://127.0.0.1:{port}", max_message_bytes=1 << 20) as sub:
             time.sleep(0.3)
             # A header that claims a huge map over a tiny payload, and an oversized header: skipped.
             huge = dict(json_header(good), shape=[8192, 8192])
-            raw.send_multipart([b"0", wire._dump(huge), b"\0" * 16])
+            raw.send_multipart([b"0", wire.dump_header(huge), b"\0" * 16])
             raw.send_multipart([b"0", b"{" + b" " * (wire.MAX_HEADER_BYTES + 1) + b"}", b""])
             raw.send_multipart(good)
             m = sub.recv_map(timeout=5)
@@ -389,7 +391,7 @@ def json_header(parts: list[bytes]) -> dict:
 # --------------------------------------------------------------------------- soak
 def test_short_soak_keeps_its_invariants(tmp_path):
     out = tmp_path / "soak"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--seconds", "15", "--small",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--seconds", "15", "--small",
                            "--threads", "1", "--sample-s", "1", "--churn-s", "3", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -1,4 +1,4 @@
-"""Saliency → QP-offset maps and FFmpeg regions of interest (streamer.roi)."""
+"""Saliency → QP-offset maps and FFmpeg regions of interest (streamer.guidance.roi), and their roi/ topic."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from salstream.errors import SalstreamError
-from salstream.streamer.roi import (QP_RANGE, ROI_STRUCT, QpMap, QpMapper, Region, RoiConfig, RoiPublisher, RoiSubscriber,
-                          RoiWireError, decode_roi, encode_roi, regions_to_struct)
+from salstream.streamer.guidance.roi import (QP_RANGE, ROI_STRUCT, QpMap, QpMapper, Region, RoiConfig, RoiPublisher,
+                                            regions_to_struct)
+from salstream.streamer.wire import format as wire
+from salstream.streamer.wire.format import RoiMessage, WireError
 
 
 def _blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:
@@ -174,8 +176,9 @@ def _message(stream: str = "cam0"):
     m = QpMapper(100, 60, RoiConfig(block_size=16))
     qp = m.update(_blob(60, 100, 20, 40, 10), 0.5)
     regions = m.regions(qp)
-    parts = encode_roi({"stream": stream, "seq": 3, "frame_index": 15, "pts": 0.5, "capture_time": 1.0,
-                        "publish_time": 1.1, "publish_wall": 2.0}, qp, regions)
+    parts = wire.encode_roi({"stream": stream, "seq": 3, "frame_index": 15, "pts": 0.5, "capture_time": 1.0,
+                             "publish_time": 1.1, "publish_wall": 2.0}, qp.offsets, qp.block_size,
+                            (qp.height, qp.width), [r.as_list() for r in regions], QP_RANGE)
     return qp, regions, parts
 
 
@@ -185,10 +188,12 @@ def test_wire_round_trip():
     header = json.loads(parts[1])
     assert header["kind"] == "roi" and header["version"] == 1 and header["shape"] == [4, 7]
     assert header["frame_size"] == [60, 100] and header["block_size"] == 16 and header["qp_range"] == 51
-    msg = decode_roi(parts)
-    assert msg.stream == "cam0" and msg.frame_index == 15
-    np.testing.assert_array_equal(msg.qp_map.offsets, qp.offsets)
-    assert msg.regions == regions
+    msg = wire.decode(parts)
+    assert isinstance(msg, RoiMessage) and msg.stream == "cam0" and msg.frame_index == 15
+    back = QpMap.from_message(msg)
+    np.testing.assert_array_equal(back.offsets, qp.offsets)
+    assert (back.width, back.height, back.block_size) == (qp.width, qp.height, qp.block_size)
+    assert [Region.from_list(r) for r in msg.regions] == regions
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -201,17 +206,17 @@ def test_wire_round_trip():
 ])
 def test_wire_rejects_malformed_messages(mutate, needle):
     _, _, parts = _message()
-    with pytest.raises(RoiWireError, match=needle):
-        decode_roi(mutate(parts))
+    with pytest.raises(WireError, match=needle):
+        wire.decode(mutate(parts))
 
 
 def test_published_on_the_map_socket_under_its_own_topic():
-    from salstream.streamer.publish import Publisher
-    from salstream.streamer.subscriber import Subscriber
+    from salstream.streamer.wire.publisher import Publisher
+    from salstream.streamer.wire.subscriber import Subscriber
 
     with Publisher("tcp://127.0.0.1:*") as pub:
         roi_pub = RoiPublisher(pub, 128, 96, RoiConfig(block_size=32, pooling="max"))
-        with RoiSubscriber(pub.endpoint, ["cam0"]) as rsub, Subscriber(pub.endpoint, ["cam0"]) as msub:
+        with Subscriber(pub.endpoint, ["cam0"], kinds={"roi"}) as rsub, Subscriber(pub.endpoint, ["cam0"]) as msub:
             # Slow joiner: publish until the subscriber is connected.
             sal = _blob(96, 128, 30, 30, 12)
             got = None
@@ -223,10 +228,10 @@ def test_published_on_the_map_socket_under_its_own_topic():
                 got = rsub.recv(timeout=0.05)
                 i += 1
             assert got is not None, "no ROI message arrived over loopback"
-            assert got.stream == "cam0" and got.qp_map.shape == (3, 4)
-            assert got.regions and min(r.qp for r in got.regions) < 0
+            assert isinstance(got, RoiMessage) and got.stream == "cam0" and got.offsets.shape == (3, 4)
+            assert got.regions and min(Region.from_list(r).qp for r in got.regions) < 0
             # The best-quality block is where the map peaks (top-left).
-            r, c = np.unravel_index(np.argmin(got.qp_map.offsets), got.qp_map.shape)
+            r, c = np.unravel_index(np.argmin(got.offsets), got.offsets.shape)
             assert (r, c) == (0, 0)
             # The map subscriber of the same stream sees no ROI traffic.
             assert msub.recv(timeout=0.2) is None
@@ -234,7 +239,7 @@ def test_published_on_the_map_socket_under_its_own_topic():
 
 
 def test_publishing_after_the_map_publisher_closed_drops_quietly():
-    from salstream.streamer.publish import Publisher
+    from salstream.streamer.wire.publisher import Publisher
 
     pub = Publisher("tcp://127.0.0.1:*")
     roi_pub = RoiPublisher(pub, 64, 64)

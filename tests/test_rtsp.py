@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
-from salstream.streamer.sources import open_source
-from salstream.streamer.testing.media import burst_onsets, write_test_clip
-from salstream.streamer.testing.rtsp import RtspTestServer, system_python
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.live.sources import open_source
+from tests.support.media import burst_onsets, write_test_clip
+from tests.support.rtsp import RtspTestServer, system_python
 
 pytestmark = pytest.mark.skipif(system_python() is None,
                                 reason="GStreamer RTSP server bindings missing (run scripts/install-system-deps)")

@@ -10,10 +10,10 @@ import torch
 
 from salstream.diffsal.diffusion import DDIMScheduler
 from salstream.diffsal.inference import predict_window
-from pipeline_support import SlowEngine, engine  # noqa: F401  (engine: module-scoped fixture)
-from salstream.streamer.buffer import AUDIO_RATE, WindowAssembler
-from salstream.streamer.media import AudioChunk, StreamEvent, VideoFrame
-from salstream.streamer.scheduler import Scheduler
+from tests.support.pipeline import SlowEngine
+from salstream.streamer.live.assembler import AUDIO_RATE, WindowAssembler
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.live.scheduler import Scheduler
 
 FPS = 30.0
 
@@ -214,7 +214,7 @@ def test_far_behind_window_encodes_at_most_max_new_frames(engine):
 def test_window_level_profile_runs_whole_clips():
     """A `full`-style model (per_frame_video=False, centred target): clips and window audio go in whole."""
     from salstream.engines import create_engine
-    from tiny_models import tiny_model
+    from tests.support.tiny_models import tiny_model
 
     eng = create_engine("torch", model=tiny_model(per_frame=False))
     cfg = eng.config

@@ -13,11 +13,11 @@ import pytest
 
 from salstream.diffsal.datasets.synthetic import SyntheticClip
 from salstream.errors import SalstreamError
-from salstream.streamer.media import AudioChunk, VideoFrame
-from salstream.streamer.sources import default_demo_source, open_source
-from salstream.streamer.sources.base import AudioClock, Pacer, Source
-from salstream.streamer.sources.webcam import WebcamSource
-from salstream.streamer.testing.media import burst_onsets, frame_index_from_image, write_test_clip
+from salstream.streamer.live.units import AudioChunk, VideoFrame
+from salstream.streamer.live.sources import default_demo_source, open_source
+from salstream.streamer.live.sources.base import AudioClock, Pacer, Source
+from salstream.streamer.live.sources.webcam import WebcamSource
+from tests.support.media import burst_onsets, frame_index_from_image, write_test_clip
 
 AUDIO_HOP = 0.010  # one STFT hop of the log-mel features: the alignment tolerance
 
@@ -280,7 +280,7 @@ def test_refused_network_stream_is_a_clear_error():
 def test_stream_that_is_not_ready_yet_is_asked_again_until_open_timeout(av_clip, monkeypatch):
     # A server that answers before its encoder runs makes FFmpeg report invalid data; the
     # source keeps asking (here: twice refused, then the real media) instead of failing.
-    import salstream.streamer.sources.pyav as pyav_mod
+    import salstream.streamer.live.sources.pyav as pyav_mod
     real_open, calls = av.open, []
 
     def starting_server(url, **kwargs):

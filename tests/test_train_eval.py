@@ -163,7 +163,7 @@ def test_video_only_dataset_is_scored_in_video_mode_only(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from salstream.streamer.cli import main
+    from salstream.cli import main
     assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
@@ -175,7 +175,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
     """`salstream train` on a dataset directory, then `salstream eval` on its checkpoint."""
-    from salstream.streamer.cli import main
+    from salstream.cli import main
     # the tiny config is not a registered profile: save an untrained tiny checkpoint for eval instead
     out = tmp_path / "rep"
     torch.manual_seed(0)

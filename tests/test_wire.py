@@ -9,9 +9,9 @@ import pytest
 import zmq
 
 from salstream.errors import SalstreamError
-from salstream.streamer import wire
-from salstream.streamer.publish import Publisher, check_bind_address
-from salstream.streamer.subscriber import Subscriber
+from salstream.streamer.wire import format as wire
+from salstream.streamer.wire.publisher import Publisher, check_bind_address
+from salstream.streamer.wire.subscriber import Subscriber
 
 
 def _header(stream="0", frame_index=0, **kw):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import AudioConfig
+from salstream.diffsal.config import AudioConfig
 from salstream.errors import SalstreamError
 
 SAMPLE_RATE = 16000

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from salstream.diffsal.config import ModelConfig
 from salstream.errors import CheckpointError
 
 FORMAT_VERSION = "1"
@@ -72,7 +72,7 @@ def load_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Te
 
 def load_model(path: str | os.PathLike, profile: Optional[str] = None) -> torch.nn.Module:
     """Build the checkpoint's model and load its weights strictly (eval mode)."""
-    from .registry import create_model
+    from salstream.diffsal.registry import create_model
 
     meta = read_metadata(path)
     if profile is not None and meta["profile"] != profile:

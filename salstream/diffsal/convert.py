@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import file_sha256, save_checkpoint
+from salstream.diffsal.checkpoint import file_sha256, save_checkpoint
 from salstream.errors import CheckpointError
 
 # Present in an audio-visual checkpoint, absent from a video-only (DHF1K) one.
@@ -68,7 +68,7 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, allow_missi
     with ``allow_missing_audio`` those keep this model's initial values (the audio path
     is then untrained and only the video-only mode is meaningful).
     """
-    from .models.full import FullDiffSal, full_config
+    from salstream.diffsal.models.full import FullDiffSal, full_config
 
     say = log or (lambda _msg: None)
     src, dst = Path(src), Path(dst)

@@ -26,10 +26,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from . import metrics as M
-from .config import MODES
-from .datasets.layout import Video
-from .datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
+from salstream.diffsal import metrics as M
+from salstream.diffsal.config import MODES
+from salstream.diffsal.datasets.layout import Video
+from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
                                window_frame_indices)
 from salstream.errors import SalstreamError
 
@@ -82,7 +82,7 @@ class _VideoFeatures:
 
     @torch.inference_mode()
     def need_slices(self, idx: Sequence[int]) -> None:
-        from .audio import grid_slices
+        from salstream.diffsal.audio import grid_slices
         todo = sorted(set(idx) - set(self.audio))
         if not todo:
             return
@@ -107,8 +107,8 @@ def _cat_feats(items: list) -> Any:
 def window_features(runner: Any, src: WindowSource, targets: Sequence[int], cache: Optional[_VideoFeatures],
                     need_video: bool, need_audio: bool):
     """Batched (video, audio) features for the windows ending/centred at ``targets``."""
-    from .inference import encode_window
-    from .models.base import stack_time
+    from salstream.diffsal.inference import encode_window
+    from salstream.diffsal.models.base import stack_time
     cfg = runner.config
     vids, auds = [], []
     for t in targets:
@@ -167,8 +167,8 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
              steps: Optional[int] = None, frame_step: int = 6, max_windows: Optional[int] = None,
              batch: int = 8, seed: int = 0, n_examples: int = 4, progress: bool = True) -> dict:
     """Score ``runner`` (model or engine) on ``datasets`` = {name: videos}. Returns a JSON-able dict."""
-    from .inference import check_mode, predict_from_features
-    from .preprocess import postprocess_map
+    from salstream.diffsal.inference import check_mode, predict_from_features
+    from salstream.diffsal.preprocess import postprocess_map
     for m in modes:
         check_mode(m)
     cfg = runner.config
@@ -314,8 +314,8 @@ def default_data_root() -> Path:
 def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: int = 150,
                  cache_root: Optional[Path] = None) -> dict[str, list[Video]]:
     """``synthetic`` (written on first use under the data cache) or a dataset directory."""
-    from .datasets.layout import load_videos
-    from .datasets.synthetic import write_synthetic
+    from salstream.diffsal.datasets.layout import load_videos
+    from salstream.diffsal.datasets.synthetic import write_synthetic
     if data == "synthetic":
         root = (cache_root or default_data_root()) / "synthetic"
         write_synthetic(root, {split: n_clips}, n_frames=n_frames, progress=True)
@@ -350,7 +350,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
+    from salstream.diffsal.checkpoint import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

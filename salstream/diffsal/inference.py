@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 import torch
 
-from .config import MODES
-from .diffusion import sample
-from .models.base import stack_time
+from salstream.diffsal.config import MODES
+from salstream.diffsal.diffusion import sample
+from salstream.diffsal.models.base import stack_time
 
 
 def check_mode(mode: str) -> str:

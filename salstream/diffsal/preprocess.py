@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PIXEL_NORMS, ModelConfig
+from salstream.diffsal.config import PIXEL_NORMS, ModelConfig
 from salstream.errors import SalstreamError
 
 

@@ -1,25 +1,42 @@
 """Profile registry: ``create_model("lite")`` / ``create_model("full")``.
 
-Profiles register a default :class:`ModelConfig` and a builder; callers may
-override config fields (``create_model("full", input_size=(64, 96))``).
+Profiles register a default :class:`ModelConfig`, a builder and, when the package ships
+trained weights for them, the file name of those weights under ``diffsal/weights/``
+(:func:`bundled_weights`). Callers may override config fields
+(``create_model("full", input_size=(64, 96))``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 from torch import nn
 
-from .config import ModelConfig
+from salstream.diffsal.config import ModelConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 _BUILDERS: dict[str, tuple[Callable[[], ModelConfig], Callable[[ModelConfig], nn.Module]]] = {}
+_WEIGHTS: dict[str, str] = {}
 
 
-def register_profile(name: str, default_config: Callable[[], ModelConfig]):
+def register_profile(name: str, default_config: Callable[[], ModelConfig], weights: Optional[str] = None):
+    """Register a profile; ``weights``: file name of its bundled checkpoint in :data:`WEIGHTS_DIR`."""
     def deco(builder: Callable[[ModelConfig], nn.Module]):
         _BUILDERS[name] = (default_config, builder)
+        if weights is not None:
+            _WEIGHTS[name] = weights
         return builder
     return deco
+
+
+def bundled_weights(profile: str) -> Optional[Path]:
+    """The checkpoint shipped with the package for ``profile``, or ``None`` (none registered or file absent)."""
+    _load_builtin_profiles()
+    name = _WEIGHTS.get(profile)
+    path = WEIGHTS_DIR / name if name else None
+    return path if path is not None and path.is_file() else None
 
 
 BUILTIN_PROFILE_MODULES = ("salstream.diffsal.models.full", "salstream.diffsal.models.lite")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -35,13 +34,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import MODES
-from .datasets.layout import Video
-from .datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
+from salstream.diffsal.config import MODES
+from salstream.diffsal.datasets.layout import Video
+from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
                                window_frame_indices)
-from .diffusion import NUM_TRAIN_TIMESTEPS, add_noise, cosine_alphas_cumprod
+from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, add_noise, cosine_alphas_cumprod
 from salstream.errors import SalstreamError
-from .models.base import stack_time
+from salstream.diffsal.models.base import stack_time
 
 GT_JITTER = 0.01
 
@@ -146,7 +145,7 @@ class SliceStore:
     """Per-slice log-mel features (float16) of every audio slice some training window uses."""
 
     def __init__(self, cfg, sources: list[WindowSource], needed: dict[int, set[int]]):
-        from .audio import grid_slices
+        from salstream.diffsal.audio import grid_slices
         self.mel: dict[tuple[int, int], torch.Tensor] = {}
         for vi, idx in needed.items():
             order = sorted(idx)
@@ -268,9 +267,9 @@ def quick_validation(model, batcher: Batcher, samples: list[tuple[int, int]], st
                      has_audio: bool, seed: int = 0, **sample_kwargs) -> dict[str, float]:
     """Mean CC per mode on fixed validation windows (the same DDIM loop as inference;
     ``sample_kwargs`` go to the sampler, e.g. ``timestep_spacing``)."""
-    from . import metrics as M
-    from .inference import predict_from_features
-    from .preprocess import postprocess_map
+    from salstream.diffsal import metrics as M
+    from salstream.diffsal.inference import predict_from_features
+    from salstream.diffsal.preprocess import postprocess_map
     model.eval()
     modes = MODES if has_audio else ("video",)
     scores = {m: [] for m in modes}
@@ -315,7 +314,7 @@ def load_initial_weights(model, path: Path, log=print) -> None:
     For staged training (``--init``): the parts the checkpoint lacks must all be trainable,
     so nothing frozen is left at its random initial value.
     """
-    from .checkpoint import load_state
+    from salstream.diffsal.checkpoint import load_state
     _, state = load_state(path)
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -346,7 +345,7 @@ def set_training_mode(model) -> None:
 def train(model, train_videos: list[Video], val_videos: list[Video], opts: TrainOptions, out: Path,
           resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train ``model`` in place; returns the last epoch's record."""
-    from .checkpoint import save_checkpoint
+    from salstream.diffsal.checkpoint import save_checkpoint
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
@@ -389,7 +388,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
     if resume:
         if not state_path.is_file() or not (out / "last.safetensors").is_file():
             raise SalstreamError(f"--resume: {out} holds no train_state.pt + last.safetensors to continue from")
-        from .checkpoint import load_state
+        from salstream.diffsal.checkpoint import load_state
         _, sd = load_state(out / "last.safetensors")
         model.load_state_dict(sd, strict=True)
         st = torch.load(state_path, weights_only=False)
@@ -496,9 +495,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def load_training_data(args) -> tuple[list[Video], list[Video]]:
-    from .evaluate import default_data_root
-    from .datasets.layout import load_videos
-    from .datasets.synthetic import write_synthetic
+    from salstream.diffsal.evaluate import default_data_root
+    from salstream.diffsal.datasets.layout import load_videos
+    from salstream.diffsal.datasets.synthetic import write_synthetic
     if args.data == "synthetic":
         root = (args.data_root or default_data_root()) / "synthetic"
         write_synthetic(root, {"train": args.train_clips, "val": args.val_clips}, n_frames=args.clip_frames,
@@ -514,7 +513,7 @@ def load_training_data(args) -> tuple[list[Video], list[Video]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .registry import create_model
+    from salstream.diffsal.registry import create_model
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the initial weights are part of the reproducible run

@@ -1,8 +1,8 @@
 """ONNX Runtime engines: ``ort-cpu``, ``ort-cuda`` and ``ort-trt`` (TensorRT execution provider).
 
 The engine runs the graphs ``salstream export`` writes, after checking their manifest
-against the model the caller asked for. With no ``artifacts`` directory it exports the
-model once into a cache (``out/engines/<hash>-…/``) and reuses that afterwards.
+against the model the caller asked for (``salstream.runtime.load_engine`` exports them
+once into a cache when no directory is given).
 
 Sessions set their thread counts and graph optimisation explicitly. On a GPU every
 call goes through I/O binding on torch CUDA tensors, so features and the noisy map
@@ -19,11 +19,11 @@ import onnxruntime as ort
 import torch
 
 from salstream.errors import SalstreamError
-from salstream.export.graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, flat_denoise_inputs, mode_of
-from salstream.export.manifest import (GraphSpec, Manifest, TensorSpec, check_identity, file_sha256, read_manifest,
+from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, flat_denoise_inputs, mode_of
+from salstream.artifacts.manifest import (GraphSpec, Manifest, TensorSpec, check_identity, file_sha256, read_manifest,
                              verify_files, weights_sha256)
 
-from .base import Engine, EngineUnavailable, register_engine
+from salstream.engines.base import Engine, EngineUnavailable, register_engine
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
@@ -202,26 +202,16 @@ def require_provider(engine: str) -> None:
 def _make(engine: str, kind: str):
     def factory(model: Optional[torch.nn.Module] = None, checkpoint: Optional[str] = None,
                 artifacts: Optional[str] = None, threads: Optional[int] = None, profile: Optional[str] = None,
-                io_binding: Optional[bool] = None, cache_root: Optional[str] = None, device_id: int = 0,
-                fp16: Optional[bool] = None, **_: Any) -> OrtEngine:
+                io_binding: Optional[bool] = None, device_id: int = 0, **_: Any) -> OrtEngine:
         require_provider(engine)
-        if model is None and checkpoint is None and artifacts is None:
-            raise ValueError(f"engine {engine!r} needs a model, a checkpoint or an exported-graphs directory")
+        if artifacts is None:
+            raise SalstreamError(f"engine {engine!r} runs exported graphs: give the directory `salstream export` "
+                                 "wrote (--artifacts DIR), or let `salstream run` export them once")
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise SalstreamError(f"checkpoint {checkpoint}: no such file")
         ck_sha = file_sha256(checkpoint) if checkpoint is not None else None
         weights = weights_sha256(model) if model is not None else None
-        if artifacts is None:
-            from salstream.export.onnx_export import cached_export
-
-            def load():
-                from salstream.diffsal.checkpoint import load_model
-                return load_model(checkpoint, profile)
-            # CPU runs FP32 graphs; the CUDA provider is fastest with FP16 ones.
-            half = (kind == "cuda") if fp16 is None else fp16
-            artifacts = cached_export(model if model is not None else load, checkpoint_sha256=ck_sha,
-                                      fp16=half, root=cache_root)
-        elif checkpoint is not None and weights is None:
+        if checkpoint is not None and weights is None:
             manifest = read_manifest(artifacts)
             if manifest.checkpoint_sha256 is None:  # exported from an in-memory model: compare the weights
                 from salstream.diffsal.checkpoint import load_state

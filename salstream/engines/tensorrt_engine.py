@@ -1,122 +1,22 @@
-"""``tensorrt``: the three graphs compiled by Torch-TensorRT (FP16 kernels), batch 1…max_batch.
+"""``tensorrt``: runs graphs compiled by Torch-TensorRT (``salstream export --tensorrt`` writes them).
 
-The module stays FP32 with FP32 inputs; ``enabled_precisions`` lets TensorRT pick FP16
-kernels, so model code that mixes dtypes (FP32 timestep embeddings) compiles as is.
-
-Torch-TensorRT and the TensorRT libraries are imported only when this engine is
-asked for; without them (or without a GPU) the request fails with one line naming
-what to install. Compiled graphs can be saved next to the ONNX export
-(``salstream export --tensorrt`` writes ``DIR/tensorrt/``) and loaded without
-recompiling; their manifest is checked against the model like the ONNX one.
+The compiled programs live in ``DIR/tensorrt/`` with their own manifest, which is checked
+against the model the caller asked for, like the ONNX one. Torch-TensorRT is imported
+only when this engine is asked for.
 """
 from __future__ import annotations
 
-import copy
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from salstream.diffsal.config import MODES
+from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, flat_denoise_inputs, mode_of
+from salstream.artifacts.manifest import Manifest, check_identity, file_sha256, read_manifest, verify_files, weights_sha256
+from salstream.artifacts.tensorrt import TRT_SUBDIR, import_torch_tensorrt
+from salstream.engines.base import Engine, register_engine
 from salstream.errors import SalstreamError
-from salstream.diffsal.inference import encode_window
-
-from salstream.export.graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph, DenoiseGraph, FlatInputs,
-                           VideoEncoderGraph, as_tuple, audio_feature_names, count_outputs, denoise_args, denoise_io,
-                           example_window, flat_denoise_inputs, flatten_args, mode_of, video_feature_names)
-from salstream.export.manifest import (BATCH_AXIS, GraphSpec, Manifest, TensorSpec, check_identity, file_sha256,
-                             read_manifest, verify_files, weights_sha256)
-
-from .base import Engine, EngineUnavailable, register_engine
-
-TRT_EXTRA = "pip install 'salstream[tensorrt]' (Torch-TensorRT, with NVIDIA's TensorRT libraries)"
-TRT_SUBDIR = "tensorrt"
-
-
-def import_torch_tensorrt():
-    """``torch_tensorrt``, or one clear line saying what is missing."""
-    no_gpu = "" if torch.cuda.is_available() else " and a CUDA GPU (torch.cuda.is_available() is False here)"
-    try:
-        import torch_tensorrt
-    except Exception as exc:  # ImportError, or OSError/RuntimeError when the TensorRT libraries are absent
-        reason = (str(exc).splitlines() or [""])[0][:160]
-        raise EngineUnavailable(f"engine 'tensorrt' needs Torch-TensorRT{no_gpu}: {TRT_EXTRA} "
-                                f"[{type(exc).__name__}: {reason}]") from None
-    if no_gpu:
-        raise EngineUnavailable(f"engine 'tensorrt' needs a CUDA GPU (torch.cuda.is_available() is False here); "
-                                "use --engine ort-cpu")
-    return torch_tensorrt
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
-
-
-def _spec(name: str, t: torch.Tensor) -> TensorSpec:
-    return TensorSpec(name, [BATCH_AXIS, *[int(d) for d in t.shape[1:]]], _dtype_name(t))
-
-
-@torch.inference_mode()
-def compile_graphs(model: torch.nn.Module, *, out_dir: Optional[str | os.PathLike] = None, max_batch: int = 8,
-                   modes=MODES, checkpoint_sha256: Optional[str] = None, device: str = "cuda"):
-    """Compile every graph with Torch-TensorRT (FP16 allowed); save them and a manifest when ``out_dir`` is given.
-
-    Returns ``(modules, manifest)``: graph name -> callable taking flat tensors.
-    """
-    trt = import_torch_tensorrt()
-    t_start = time.perf_counter()
-    cfg = model.config
-    weights = weights_sha256(model)
-    dev = torch.device(device)
-    net = copy.deepcopy(model).to(dev).eval()
-    video, audio = example_window(cfg, 1)
-    video, audio = video.to(dev), audio.to(dev)
-    v_feats, a_feats = encode_window(net, video, audio, "av")
-    n_video, n_audio = len(as_tuple(v_feats)), count_outputs(a_feats)
-    frame = video[:, :, 0] if cfg.per_frame_video else video
-    clip = audio[:, :, 0] if cfg.per_frame_video else audio
-    x_t = torch.randn((1, 1, *cfg.map_size), device=dev)
-    t = torch.full((1,), 500, dtype=torch.int64, device=dev)
-
-    jobs: list[tuple[str, torch.nn.Module, tuple, list[str], list[str], Optional[str]]] = [
-        (VIDEO_GRAPH, VideoEncoderGraph(net), (frame,), ["video"], video_feature_names(n_video), None),
-        (AUDIO_GRAPH, AudioEncoderGraph(net), (clip,), ["audio"], audio_feature_names(n_audio), None),
-    ]
-    for mode in modes:
-        io = denoise_io(mode, n_video, n_audio)
-        jobs.append((DENOISE_GRAPHS[mode], DenoiseGraph(net, mode), denoise_args(mode, x_t, t, v_feats, a_feats),
-                     io.inputs, io.outputs, mode))
-
-    modules: dict[str, Callable] = {}
-    graphs: dict[str, GraphSpec] = {}
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    for name, module, args, in_names, out_names, mode in jobs:
-        flat = flatten_args(args)
-        inputs = [trt.Input(min_shape=(1, *x.shape[1:]), opt_shape=(1, *x.shape[1:]),
-                            max_shape=(max_batch, *x.shape[1:]), dtype=x.dtype) for x in flat]
-        compiled = trt.compile(FlatInputs(module, args), ir="dynamo", inputs=inputs,
-                               enabled_precisions={torch.float32, torch.float16}, truncate_double=True)
-        modules[name] = compiled
-        outs = as_tuple(module(*args))
-        spec = GraphSpec(file=f"{name}.ep", sha256="", mode=mode,
-                         inputs=[_spec(n, x) for n, x in zip(in_names, flat)],
-                         outputs=[_spec(n, y) for n, y in zip(out_names, outs)])
-        if out is not None:
-            trt.save(compiled, str(out / spec.file), output_format="exported_program", arg_inputs=flat)
-            spec.sha256 = file_sha256(out / spec.file)
-        graphs[name] = spec
-    manifest = Manifest(profile=cfg.profile, config=cfg, weights_sha256=weights, checkpoint_sha256=checkpoint_sha256,
-                        opset=0, precision="fp16", exporter=f"torch_tensorrt {trt.__version__}", graphs=graphs,
-                        modes={m: DENOISE_GRAPHS[m] for m in modes}, video_outputs=n_video, audio_outputs=n_audio,
-                        versions={"torch": torch.__version__, "torch_tensorrt": trt.__version__},
-                        export_seconds=round(time.perf_counter() - t_start, 2))
-    if out is not None:
-        manifest.write(out)
-    return modules, manifest
 
 
 def load_graphs(directory: str | os.PathLike, **expect: Any):
@@ -169,19 +69,16 @@ class TensorRTEngine(Engine):
 
 @register_engine("tensorrt")
 def _make_tensorrt(model: Optional[torch.nn.Module] = None, checkpoint: Optional[str] = None,
-                   artifacts: Optional[str] = None, profile: Optional[str] = None, max_batch: int = 8,
-                   **_: Any) -> TensorRTEngine:
-    import_torch_tensorrt()  # fail fast, before loading or compiling anything
+                   artifacts: Optional[str] = None, profile: Optional[str] = None, **_: Any) -> TensorRTEngine:
+    import_torch_tensorrt()  # fail fast, before reading anything
     saved = Path(artifacts) / TRT_SUBDIR if artifacts is not None else None
-    if saved is not None and saved.is_dir():
-        expect: dict[str, Any] = {"profile": profile}
-        if model is not None:
-            expect["weights"] = weights_sha256(model)
-        if checkpoint is not None:
-            expect["checkpoint"] = file_sha256(checkpoint)
-        modules, manifest = load_graphs(saved, **expect)
-        return TensorRTEngine(modules, manifest)
-    from .torch_engine import _resolve_model
-    model = _resolve_model(model, checkpoint)
-    modules, manifest = compile_graphs(model, max_batch=max_batch)
+    if saved is None or not saved.is_dir():
+        raise SalstreamError(f"engine tensorrt: no compiled graphs in {saved or '(no --artifacts)'}; compile them "
+                             "with `salstream export --tensorrt --out DIR` (or let `salstream run` do it once)")
+    expect: dict[str, Any] = {"profile": profile}
+    if model is not None:
+        expect["weights"] = weights_sha256(model)
+    if checkpoint is not None:
+        expect["checkpoint"] = file_sha256(checkpoint)
+    modules, manifest = load_graphs(saved, **expect)
     return TensorRTEngine(modules, manifest)

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from salstream.export.graphs import (AudioEncoderGraph, DenoiseGraph, VideoEncoderGraph, denoise_args, flatten_args, mode_of,
+from salstream.artifacts.graphs import (AudioEncoderGraph, DenoiseGraph, VideoEncoderGraph, denoise_args, flatten_args, mode_of,
                            rebuild_args)
 
-from .base import Engine, EngineUnavailable, register_engine
+from salstream.engines.base import Engine, EngineUnavailable, register_engine
 
 
 def require_cuda(engine: str) -> None:
@@ -124,6 +124,6 @@ def _make_torch_cuda(model: Optional[torch.nn.Module] = None, checkpoint: Option
                      compile: bool = True, cuda_graphs: bool = True, dtype: torch.dtype = torch.float16,
                      **_: Any) -> TorchCudaEngine:
     require_cuda("torch-cuda")  # before loading a large checkpoint for nothing
-    from .torch_engine import _resolve_model
+    from salstream.engines.torch_engine import _resolve_model
     return TorchCudaEngine(_resolve_model(model, checkpoint), device=device, dtype=dtype, compile=compile,
                            cuda_graphs=cuda_graphs)

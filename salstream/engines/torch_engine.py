@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .base import Engine, register_engine
+from salstream.engines.base import Engine, register_engine
 
 
 class TorchEngine(Engine):

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import onnx
 import torch
@@ -24,11 +22,10 @@ from salstream.diffsal.config import MODES
 from salstream.errors import SalstreamError
 from salstream.diffsal.inference import check_mode, encode_window
 
-from .graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph, DenoiseGraph, FlatInputs,
+from salstream.artifacts.graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph, DenoiseGraph, FlatInputs,
                      VideoEncoderGraph, as_tuple, audio_feature_names, count_outputs, denoise_args, denoise_io,
                      example_window, flatten_args, needs_audio, needs_video, video_feature_names)
-from .manifest import (BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec, file_sha256, read_manifest,
-                       weights_sha256)
+from salstream.artifacts.manifest import (BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec, file_sha256, weights_sha256)
 
 log = logging.getLogger("salstream")
 
@@ -195,48 +192,3 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha2
         export_seconds=round(time.perf_counter() - t_start, 2))
     manifest.write(out_dir)
     return manifest
-
-
-def default_cache_root() -> Path:
-    """Where on-the-fly exports live: ``$SALSTREAM_CACHE`` or ``out/`` under the working directory."""
-    return Path(os.environ.get("SALSTREAM_CACHE", "out")) / "engines"
-
-
-def cached_export(model: nn.Module | Callable[[], nn.Module], *, checkpoint_sha256: Optional[str] = None,
-                  fp16: bool = False, root: Optional[str | os.PathLike] = None, opset: int = DEFAULT_OPSET) -> Path:
-    """Graphs under ``ROOT/<hash>-<precision>-op<opset>/``, exported on first use.
-
-    The key is the checkpoint file's hash when one is given (a cache hit then needs
-    no model at all: ``model`` may be a loader called only on a miss), else the
-    weights' hash. The export goes to a private temporary directory renamed into
-    place, so processes racing on one model never see a half-written directory.
-    """
-    root = Path(root) if root is not None else default_cache_root()
-    if checkpoint_sha256 is None:
-        model = model if isinstance(model, nn.Module) else model()
-        key = weights_sha256(model)
-    else:
-        key = checkpoint_sha256
-    final = root / f"{key[:16]}-{'fp16' if fp16 else 'fp32'}-op{opset}"
-    if (final / MANIFEST_NAME).is_file():
-        try:
-            read_manifest(final)
-            return final
-        except SalstreamError:
-            shutil.rmtree(final, ignore_errors=True)  # a damaged cache entry is rebuilt
-    model = model if isinstance(model, nn.Module) else model()
-    log.info("exporting the %s graphs to ONNX once (about a minute on 2 cores); cached in %s",
-             model.config.profile, final)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
-    try:
-        export_onnx(model, tmp, checkpoint_sha256=checkpoint_sha256, fp16=fp16, opset=opset)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / MANIFEST_NAME).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final

@@ -18,8 +18,8 @@ import torch
 from salstream.diffsal.inference import encode_window, predict_window
 from salstream.diffsal.metrics import cc
 
-from .graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, example_noise, example_window
-from .manifest import read_manifest, weights_sha256
+from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, example_noise, example_window
+from salstream.artifacts.manifest import weights_sha256
 
 FP32_TOLERANCE = 1e-3   # end-to-end map, max abs (the project's stated FP32 bound)
 FP16_MIN_CC = 0.99
@@ -97,20 +97,3 @@ def write_parity(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Pa
     md = out_dir / "parity.md"
     md.write_text("\n".join(lines))
     return js, md
-
-
-def run_parity(model: torch.nn.Module, artifacts: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """Parity of the ONNX graphs in ``artifacts`` under ONNX Runtime CPU; writes the report there."""
-    from salstream.engines.onnxruntime_engine import OrtEngine
-
-    manifest = read_manifest(artifacts)
-    if manifest.precision != "fp32":
-        report = {"profile": manifest.profile, "engine": "ort-cpu", "precision": manifest.precision,
-                  "skipped": "FP16 graphs need a GPU execution provider (ort-cuda / ort-trt); "
-                             "run the parity check on a GPU machine", "graphs": {}, "maps": {}, "pass": None}
-        (Path(artifacts) / "parity.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        return report
-    engine = OrtEngine(artifacts, kind="cpu", weights=weights_sha256(model))
-    report = parity_report(model, engine, **kwargs)
-    write_parity(report, artifacts)
-    return report

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from salstream.errors import SalstreamError
 
-from .manifest import MANIFEST_NAME, file_sha256, read_manifest
+from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest
 
 DEFAULT_OPS = ("MatMul", "Gemm")
 

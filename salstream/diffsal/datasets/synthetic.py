@@ -34,6 +34,7 @@ CPU training budget (audio-visual CC equal to video-only). 2 uses turns.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -347,7 +348,7 @@ def write_clip(root, clip: "SyntheticClip", name: str, dataset: str = DATASET_NA
     from PIL import Image
     from scipy.io import savemat
 
-    from .layout import write_wav
+    from salstream.diffsal.datasets.layout import write_wav
 
     root = Path(root)
     fdir = root / "video_frames" / dataset / name
@@ -376,7 +377,7 @@ def write_synthetic(root, splits: dict[str, int], n_frames: int = 150, width: in
     import json
     from pathlib import Path
 
-    from .layout import VideoEntry, split_file, write_split_file
+    from salstream.diffsal.datasets.layout import VideoEntry, split_file, write_split_file
 
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "n_frames": n_frames, "width": width, "height": height,

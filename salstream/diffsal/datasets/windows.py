@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
-from .layout import Video
+from salstream.diffsal.config import ModelConfig
+from salstream.diffsal.datasets.layout import Video
 
 AUDIO_RATE = 16000
 
@@ -64,13 +64,13 @@ def audio_end_sample(target: int, fps: float) -> int:
 
 
 def lite_slice_indices(cfg: ModelConfig, target: int, fps: float) -> list[int]:
-    from ..audio import latest_slices
+    from salstream.diffsal.audio import latest_slices
     return latest_slices(audio_end_sample(target, fps), cfg.audio.n_slices, cfg.audio)
 
 
 def window_audio(cfg: ModelConfig, audio_16k: np.ndarray, target: int, fps: float) -> torch.Tensor:
     """Audio input of one window: (1, S, h, w) log-mel slices."""
-    from .. import audio as A
+    from salstream.diffsal import audio as A
     x = torch.from_numpy(np.asarray(audio_16k, np.float32))
     if cfg.per_frame_video:  # the causal, per-slice-cached profile
         return A.lite_window_slices(x, audio_end_sample(target, fps), cfg.audio)
@@ -101,7 +101,7 @@ class WindowSource:
         self._audio: Optional[np.ndarray] = None
 
     def frame_tensor(self, i: int) -> torch.Tensor:
-        from ..preprocess import preprocess_frame
+        from salstream.diffsal.preprocess import preprocess_frame
         t = self._frames.get(i)
         if t is None:
             t = preprocess_frame(self.video.frame(i), self.cfg)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from salstream.diffsal.config import ModelConfig
 
 Features = tuple[torch.Tensor, ...]
 

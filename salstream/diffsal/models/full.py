@@ -14,13 +14,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import AudioConfig, ModelConfig
+from salstream.diffsal.config import AudioConfig, ModelConfig
 from salstream.errors import SalstreamError
-from ..registry import register_profile
-from .base import Features, SaliencyModel
-from .mvit import MViT
-from .unet import SaliencyUNet
-from .vggish import AUDIO_CHANNELS, VGGish, AudioTemporalNet
+from salstream.diffsal.registry import register_profile
+from salstream.diffsal.models.base import Features, SaliencyModel
+from salstream.diffsal.models.mvit import MViT
+from salstream.diffsal.models.unet import SaliencyUNet
+from salstream.diffsal.models.vggish import AUDIO_CHANNELS, VGGish, AudioTemporalNet
 
 
 def full_config() -> ModelConfig:

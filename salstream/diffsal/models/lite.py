@@ -77,14 +77,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import SILENCE_LOG_MEL
-from ..config import AudioConfig, ModelConfig
+from salstream.diffsal.audio import SILENCE_LOG_MEL
+from salstream.diffsal.config import AudioConfig, ModelConfig
 from salstream.errors import SalstreamError
-from ..registry import register_profile
-from .backbones import LITE0_BLOCKS, Lite0Features
-from .base import Features, SaliencyModel
-from .layers import Mlp, from_frames, to_frames
-from .unet import MAMBlock, PadDownsample, Readout, ResnetBlock, TimeEmbedding
+from salstream.diffsal.registry import register_profile
+from salstream.diffsal.models.backbones import LITE0_BLOCKS, Lite0Features
+from salstream.diffsal.models.base import Features, SaliencyModel
+from salstream.diffsal.models.layers import Mlp, from_frames, to_frames
+from salstream.diffsal.models.unet import MAMBlock, PadDownsample, Readout, ResnetBlock, TimeEmbedding
 
 # Frame rate the window's timing is laid out for (only initialises the slice-to-frame
 # resampling of the synchrony module; training adapts it).
@@ -590,6 +590,6 @@ class LiteDiffSal(SaliencyModel):
         return torch.sigmoid(logits)
 
 
-@register_profile("lite", lite_config)
+@register_profile("lite", lite_config, weights="lite_synthetic.safetensors")
 def build_lite(config: ModelConfig) -> LiteDiffSal:
     return LiteDiffSal(config)

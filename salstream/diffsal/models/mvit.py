@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salstream.errors import SalstreamError
-from .layers import Mlp
+from salstream.diffsal.models.layers import Mlp
 
 # MViTv2-S: 16 blocks; width and heads double and q is pooled ×2 at blocks 1, 3, 14;
 # kv pooling starts at (1, 8, 8) and halves at each of those blocks.

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salstream.errors import SalstreamError
-from .layers import Mlp, from_frames, to_frames
+from salstream.diffsal.models.layers import Mlp, from_frames, to_frames
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

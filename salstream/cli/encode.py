@@ -1,0 +1,204 @@
+"""``salstream encode``: H.264 of a source, optionally with saliency-guided regions of interest.
+
+Where the maps come from (with ``--saliency-guided``):
+
+* default: the live pipeline runs in this process on the same source
+  (:class:`salstream.streamer.live.pipeline.Pipeline`; the encoder is one of its
+  consumers; the maps and the applied regions are also published on ``--publish``);
+* ``--maps ADDRESS``: maps of a ``salstream run`` already publishing for the same input;
+* ``--truth``: synthetic sources only, the ground-truth density (no model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from salstream.errors import SalstreamError
+
+from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, parse_bitrate
+from salstream.streamer.guidance.roi import RoiConfig, RoiPublisher
+from salstream.streamer.guidance.session import LiveEncodeSession
+from salstream.streamer.live.units import VideoFrame
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "encode", help="encode a source to H.264, spending more bits where people look",
+        description="Encode --source to --out with libx264 at --bitrate (one-pass ABR, 1 s VBV buffer). "
+                    "With --saliency-guided every frame carries regions of interest (a QP offset per "
+                    "block) from its saliency map, computed live by the pipeline in this process, or "
+                    "taken from a running `salstream run` (--maps), or the synthetic ground truth (--truth).")
+    p.add_argument("--source", required=True, help="a media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]")
+    p.add_argument("--out", required=True, help="output file (.mp4 or .mkv)")
+    p.add_argument("--bitrate", required=True, help="target bitrate, e.g. 500k or 2M")
+    p.add_argument("--saliency-guided", action="store_true", help="apply per-frame regions of interest")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--maps", metavar="ADDRESS", help="take maps of stream 0 from this publisher "
+                     "(e.g. tcp://127.0.0.1:5556 of `salstream run` on the same input)")
+    src.add_argument("--truth", action="store_true", help="synthetic sources only: use the ground-truth density")
+    p.add_argument("--profile", default="lite", help="model profile for the in-process pipeline (default lite)")
+    p.add_argument("--checkpoint", default=None, help="weights for the in-process pipeline (default: bundled)")
+    p.add_argument("--engine", default="torch", help="engine for the in-process pipeline (default torch)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    p.add_argument("--publish", default="tcp://127.0.0.1:5556",
+                   help="where the in-process pipeline publishes maps and roi/<stream> messages")
+    p.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--paced", choices=("auto", "yes", "no"), default="auto",
+                   help="read files at their native rate (auto: only with --maps, to stay in step with "
+                        "the publisher; the in-process pipeline then computes a map for every frame)")
+    p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    p.add_argument("--tune", default=None, help="x264 tune, e.g. zerolatency")
+    p.add_argument("--block-size", type=int, default=16, help="ROI block size in pixels (default 16)")
+    p.add_argument("--salient-qp", type=float, default=-10.0, help="QP offset at saliency 1 (default -10)")
+    p.add_argument("--background-qp", type=float, default=6.0, help="QP offset at saliency 0 (default +6)")
+    p.add_argument("--smooth", type=float, default=0.2, help="time constant (s) of QP smoothing (default 0.2)")
+    p.add_argument("--max-delay", type=int, default=30,
+                   help="frames held back waiting for their map before encoding with the latest one (default 30)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=run)
+    return p
+
+
+def _subscribe(address: str, session: LiveEncodeSession) -> Callable[[], None]:
+    """Feed maps from a publisher into ``session`` on a thread; returns its stop function."""
+    from salstream.streamer.wire.subscriber import Subscriber
+
+    done = threading.Event()
+    sub = Subscriber(address, [session.stream_id])
+
+    def loop() -> None:
+        try:
+            while not done.is_set():
+                msg = sub.recv_map(timeout=0.1)
+                if msg is not None:
+                    session.add_map(msg.frame_index, msg.saliency)
+        finally:
+            sub.close()
+
+    thread = threading.Thread(target=loop, name="salstream-encode-maps", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(timeout=2.0)
+
+    return stop
+
+
+def _frame_limited(source: Any, limit: Optional[int]):
+    n = 0
+    for unit in source:
+        if isinstance(unit, VideoFrame):
+            n += 1
+            if limit is not None and n > limit:
+                return
+        yield unit
+
+
+class RoiPublishing:
+    """Pipeline consumer: the regions of every applied map also go out as ``roi/<stream>`` messages."""
+
+    def __init__(self, roi: RoiConfig):
+        self.roi = roi
+        self.publisher: Optional[RoiPublisher] = None
+        self._sock = None
+
+    def start(self, sources, publisher) -> None:
+        self._sock = publisher
+
+    def attach(self, width: int, height: int) -> None:
+        if self._sock is not None and self.publisher is None:
+            self.publisher = RoiPublisher(self._sock, width, height, self.roi)
+
+    def applied(self, frame_index: int, pts: float, qp, regions) -> None:
+        if self.publisher is not None:
+            self.publisher.publish("0", qp, regions, frame_index, pts, time.monotonic())
+
+    def on_unit(self, unit) -> None:
+        pass
+
+    def on_map(self, header, saliency) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+    def summary(self) -> list[str]:
+        return []
+
+
+def run(args: argparse.Namespace) -> int:
+    from salstream.streamer.live.sources import open_source
+
+    settings = EncodeSettings(bitrate=parse_bitrate(args.bitrate), preset=args.preset, tune=args.tune)
+    roi = RoiConfig(block_size=args.block_size, salient_offset=args.salient_qp,
+                    background_offset=args.background_qp, time_constant=args.smooth)
+    guided = bool(args.saliency_guided)
+    if not guided and (args.maps or args.truth):
+        raise SalstreamError("--maps/--truth only matter with --saliency-guided; add it or drop them")
+    if args.frames is not None and args.frames < 1:
+        raise SalstreamError(f"--frames {args.frames}: must be ≥ 1")
+    in_process = guided and not (args.maps or args.truth)
+    paced = {"yes": True, "no": False}.get(args.paced, bool(args.maps))
+    source = open_source(args.source, stream_id="0", paced=paced)
+    fps = source.fps
+    roi_out = RoiPublishing(roi)
+
+    def make_encoder(width: int, height: int) -> GuidedEncoder:
+        roi_out.attach(width, height)
+        return GuidedEncoder(args.out, width, height, fps, settings, guided=guided, roi=roi,
+                             on_qp_map=roi_out.applied if in_process else None)
+
+    # Unguided: nothing to wait for. Guided: frames wait (bounded) for their maps.
+    session = LiveEncodeSession(make_encoder, stream_id="0", max_delay=args.max_delay if guided else 0)
+    stop_maps = None
+    summary_extra: dict[str, Any] = {}
+    failed = True
+    try:
+        if in_process:
+            from salstream.runtime import load_engine
+            from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+            opts = PipelineOptions(sources=[args.source], steps=args.steps, publish=args.publish, paced=paced,
+                                   max_frames=args.frames, send_frames=False)
+
+            def engine():
+                return load_engine(args.profile, args.checkpoint, args.engine)[0]
+            result = Pipeline(opts, engine, sources=[source], consumers=[session, roi_out]).run()
+            summary_extra["maps"] = result.maps
+        else:
+            truth = None
+            if args.truth:
+                truth = getattr(source, "clip", None)
+                if truth is None:
+                    raise SalstreamError(f"--truth: source {args.source!r} has no ground truth; only "
+                                         "synthetic[:SEED] does (drop --truth to compute maps with the model)")
+            if args.maps:
+                stop_maps = _subscribe(args.maps, session)
+            for unit in _frame_limited(source, args.frames):
+                if truth is not None and isinstance(unit, VideoFrame):
+                    session.add_map(unit.index, truth.density(unit.index % truth.n_frames))
+                session.on_unit(unit)
+            if stop_maps is not None:
+                time.sleep(min(1.0, args.max_delay / max(fps, 1.0)))   # let the last maps arrive
+        failed = False
+    finally:
+        source.close()
+        if stop_maps is not None:
+            stop_maps()
+        stats = session.close(failed=failed)
+    if stats is None:
+        raise SalstreamError(f"source {args.source!r} ended before its first video frame; nothing was encoded")
+    summary = {"out": str(args.out), "frames": stats.frames, "guided_frames": stats.guided_frames,
+               "maps_received": session.maps_in,
+               "frames_without_own_map": session.aligner.late_frames if guided else None,
+               "bytes": stats.bytes, "bitrate": round(stats.bitrate), "target_bitrate": settings.bitrate,
+               "regions_max": stats.regions_max, **summary_extra}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+    return 0

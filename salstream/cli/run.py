@@ -1,0 +1,143 @@
+"""``salstream run``: live saliency maps from one or more sources, published over ZeroMQ."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
+
+DEMO_RECORD = "out/overlay.mp4"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run", help="run the live pipeline (default: the bundled demo clip)",
+        description="Read a live source (or several), predict a saliency map per frame window and publish "
+                    "each map over ZeroMQ (wire format in the README). With no --source it runs the bundled "
+                    f"demo clip and records the overlay to {DEMO_RECORD}. Ends when the sources end or on "
+                    "Ctrl-C, then prints a latency summary.")
+    p.add_argument("--source", action="append", default=None, metavar="SPEC",
+                   help="media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]; repeat for several "
+                        "streams (ids 0, 1, …) that share one engine (default: the bundled demo clip)")
+    p.add_argument("--mic", nargs="?", const="default", default=None, metavar="DEVICE",
+                   help="take the first stream's audio from a microphone (PyAudio device name or index; "
+                        "needs the 'audio' extra); without a usable device the stream runs video-only")
+    p.add_argument("--profile", default="lite", help="model profile: lite (CPU, causal) or full (published "
+                   "DiffSal, GPU); default: %(default)s")
+    p.add_argument("--checkpoint", default=None, help="model weights (.safetensors); default: the bundled lite "
+                   "weights when present, else an untrained model (with a warning)")
+    p.add_argument("--engine", default="torch", help="inference backend: torch, or an exported-graph engine such as "
+                   "ort-cpu (see engines/); default: %(default)s")
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="graphs written by `salstream export` for an exported-graph engine (--engine ort-cpu, …); "
+                        "they must come from the same checkpoint (default: export once and cache)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
+    p.add_argument("--warm-start", type=int, default=None, metavar="T",
+                   help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
+                        "only the DDIM steps at or below T: fewer network calls, steadier maps (default: off)")
+    p.add_argument("--hop", type=int, default=1, help="one map every N frames (default %(default)s: a map for every frame)")
+    p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
+                   help="auto (default): audio-visual when the stream has audio, else video-only; or force one "
+                        "modality")
+    p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR",
+                   help="ZeroMQ address to bind (PUB; default %(default)s); loopback only unless --allow-remote")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface "
+                   "(maps become visible to other machines)")
+    p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
+                   f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
+    p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="read files without pacing them at their frame rate and map every window (offline run)")
+    p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call (default %(default)s)")
+    p.add_argument("--batch-deadline-ms", type=float, default=5.0,
+                   help="how long a ready window may wait for the other streams' windows to batch with "
+                        "(default %(default)s)")
+    p.add_argument("--max-new-frames", type=int, default=4, metavar="N",
+                   help="lite: when compute falls far behind, encode at most N new frames per window and reuse "
+                        "the nearest encoded frame for the rest (flag approx_frames); 0 = no cap (default %(default)s)")
+    p.add_argument("--audio-wait-ms", type=float, default=100.0,
+                   help="how long a window may wait for late audio before it runs video-only (flagged; "
+                        "default %(default)s)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
+    p.add_argument("--payload", default="float32", choices=("float32", "uint8"),
+                   help="map payload on the wire: little-endian float32 in [0,1] (default) or uint8 0–255")
+    p.add_argument("--no-frames", action="store_true",
+                   help="do not publish the JPEG frame previews (topic frame/<stream>) that `salstream view` "
+                        "overlays")
+    p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a first subscriber before reading the sources, so it "
+                        "gets every map")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    p.set_defaults(func=run)
+    return p
+
+
+def options_from_args(args: argparse.Namespace):
+    from salstream.streamer.live.pipeline import PipelineOptions
+
+    return PipelineOptions(
+        sources=list(args.source or []), mic=args.mic, steps=args.steps, hop=args.hop, publish=args.publish,
+        allow_remote=args.allow_remote, paced=not args.as_fast_as_possible, max_batch=args.max_batch,
+        batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
+        payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
+        mode=args.mode, seed=args.seed, wait_subscriber=args.wait_subscriber,
+        max_new_frames=args.max_new_frames, warm_start=args.warm_start)
+
+
+def record_path(args: argparse.Namespace):
+    """--record, or the demo's overlay when no --source was given (unless --no-record)."""
+    if args.no_record:
+        return None
+    if args.record is None and not args.source:
+        return DEMO_RECORD
+    return args.record
+
+
+def run(args: argparse.Namespace) -> int:
+    from salstream.runtime import load_engine
+    from salstream.streamer.live.pipeline import Pipeline
+
+    # Our own progress at INFO; third-party libraries (e.g. ONNX export) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
+    logging.getLogger("salstream").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    opts = options_from_args(args)
+    opts.validate()                       # bad numbers fail before the model loads
+    consumers = []
+    record = record_path(args)
+    if record is not None:
+        from salstream.streamer.overlay.recording import OverlayRecording
+        consumers.append(OverlayRecording(record))
+
+    def engine():
+        return load_engine(args.profile, args.checkpoint, args.engine, args.threads, args.artifacts)[0]
+
+    pipe = Pipeline(opts, engine, consumers=consumers)
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        # First Ctrl-C / SIGTERM: finish cleanly (maps in flight, playable recording).
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        print(f"\nsalstream run: {signal.Signals(signum).name}, finishing…", file=sys.stderr)
+        pipe.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = pipe.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print(summary.format())
+    if summary.source_errors and not stopping.is_set():
+        # The input failed (camera gone for good, unreadable file): say so once per stream, exit 1.
+        for message in summary.source_errors:
+            print(f"salstream run: error: {message}", file=sys.stderr)
+        return 1
+    return 0

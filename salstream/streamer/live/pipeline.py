@@ -1,0 +1,321 @@
+"""The live pipeline: sources → window assembly → scheduler → ZeroMQ, plus map consumers.
+
+:class:`Pipeline` only composes. One reader thread per source pushes its units into that
+stream's :class:`~salstream.streamer.live.assembler.WindowAssembler` and hands ready
+windows to the shared :class:`~salstream.streamer.live.scheduler.Scheduler`; the
+scheduler's worker publishes each map (frame preview first, then the map). Consumers
+(:class:`MapConsumer`: the overlay recording, the guided encoder, ROI publishing…) see
+every unit the readers take and every map that goes out; they must never block.
+
+Paced sources (live, or files at their native rate) are lossy: latest wins. With
+``paced=False`` (``--as-fast-as-possible``) the readers wait for the scheduler
+instead, so an offline run gets a map for every window.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
+
+import numpy as np
+
+from salstream.errors import SalstreamError
+from salstream.streamer.live.assembler import MODE_CHOICES, WindowAssembler
+from salstream.streamer.live.scheduler import MapResult, Scheduler
+from salstream.streamer.live.summary import MapStats, RunSummary
+from salstream.streamer.live.units import StreamEvent, Unit, VideoFrame
+from salstream.streamer.wire import format as wire
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher
+
+log = logging.getLogger("salstream.pipeline")
+
+MAX_STEPS = 1000
+
+
+@dataclass
+class PipelineOptions:
+    """How the live flow runs (what model runs where is the engine's business)."""
+    sources: list[str] = field(default_factory=list)    # empty: the bundled demo clip
+    mic: Optional[str] = None
+    steps: Optional[int] = None
+    hop: int = 1
+    publish: str = DEFAULT_ADDRESS
+    allow_remote: bool = False
+    paced: bool = True
+    max_batch: int = 4
+    batch_deadline_ms: float = 5.0
+    duration: Optional[float] = None
+    max_frames: Optional[int] = None
+    payload_dtype: str = "float32"
+    send_frames: bool = True
+    audio_wait_ms: float = 100.0
+    mode: str = "auto"
+    seed: int = 0
+    hwm: int = 16
+    wait_subscriber: float = 0.0     # seconds to wait for a first subscriber before reading sources
+    max_new_frames: int = 4          # per-frame profiles: new frames encoded per window at most (0: no cap)
+    warm_start: Optional[int] = None  # DDIM warm start from the previous map at this timestep (None: off)
+
+    def validate(self) -> None:
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise SalstreamError(f"--steps {self.steps}: must be between 1 and {MAX_STEPS} (fewer is faster)")
+        if not 1 <= self.hop <= 10000:
+            raise SalstreamError(f"--hop {self.hop}: must be >= 1 (1 = a map for every frame, N = every Nth)")
+        if self.max_batch < 1:
+            raise SalstreamError(f"--max-batch {self.max_batch}: must be >= 1")
+        if self.batch_deadline_ms < 0:
+            raise SalstreamError(f"--batch-deadline-ms {self.batch_deadline_ms}: must be >= 0")
+        if self.duration is not None and self.duration <= 0:
+            raise SalstreamError(f"--duration {self.duration}: must be > 0 seconds")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise SalstreamError(f"--max-frames {self.max_frames}: must be >= 1")
+        if self.audio_wait_ms < 0:
+            raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0")
+        if self.mode not in MODE_CHOICES:
+            raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
+        if self.warm_start is not None and not 0 <= self.warm_start < 1000:
+            raise SalstreamError(f"--warm-start {self.warm_start}: must be a timestep in 0…999 (e.g. 250)")
+        if self.max_new_frames < 0:
+            raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
+        if self.wait_subscriber < 0:
+            raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds")
+        if self.payload_dtype not in wire.PAYLOAD_DTYPES:
+            raise SalstreamError(f"--payload {self.payload_dtype}: choose one of {', '.join(wire.PAYLOAD_DTYPES)}")
+
+
+class MapConsumer(Protocol):
+    """Something that takes a run's units and maps (recording, guided encoding, ROI publishing…).
+
+    ``start`` is called once the sources are open (before any unit), ``on_unit`` from the
+    reader threads for every unit the pipeline takes, ``on_map`` from the scheduler's
+    thread after each map went out; neither may block. ``close(failed)`` ends it; the
+    lines of ``summary()`` join the run summary.
+    """
+
+    def start(self, sources: Sequence[Any], publisher: Publisher) -> None: ...
+
+    def on_unit(self, unit: Unit) -> None: ...
+
+    def on_map(self, header: wire.MapHeader, saliency: np.ndarray) -> None: ...
+
+    def close(self, failed: bool = False) -> None: ...
+
+    def summary(self) -> list[str]: ...
+
+
+EngineOrFactory = Union[Any, Callable[[], Any]]
+
+
+class Pipeline:
+    """Runs one live session.
+
+    ``engine``: an engine, or a zero-argument callable that builds one (called after the
+    socket is bound and the sources are open, so a busy address or a mistyped source fails
+    before seconds of model loading). ``sources``: opened sources (default: opened from
+    ``opts.sources``). ``run()`` blocks until the sources end, ``stop()`` is called (from any
+    thread or a signal handler), or the duration / frame limit is reached.
+    """
+
+    def __init__(self, opts: PipelineOptions, engine: EngineOrFactory, *, sources: Optional[list] = None,
+                 consumers: Sequence[MapConsumer] = ()):
+        opts.validate()
+        self.opts = opts
+        self._engine_arg = engine
+        self.engine: Any = None
+        self._sources = sources
+        self.consumers = list(consumers)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.publisher: Optional[Publisher] = None
+        self.scheduler: Optional[Scheduler] = None
+        self.assemblers: dict[str, WindowAssembler] = {}
+        self.stats = MapStats()
+        self._source_errors: list[str] = []
+        self._gaps_reported: dict[str, int] = {}   # per stream: outages already marked on a published map
+        self.endpoint: Optional[str] = None
+        self.bound = threading.Event()     # set once the socket is bound (``endpoint`` is known)
+        self.ready = threading.Event()     # set once sources are open and maps are about to flow
+
+    # ------------------------------------------------------------------ setup
+    def _open_sources(self) -> list:
+        if self._sources is not None:
+            return self._sources
+        from salstream.streamer.live.sources import default_demo_source, open_source
+        specs = self.opts.sources or [default_demo_source()]
+        out = []
+        try:
+            for i, spec in enumerate(specs):
+                out.append(open_source(spec, stream_id=str(i), paced=self.opts.paced,
+                                       mic=self.opts.mic if i == 0 else None))
+        except BaseException:
+            for s in out:
+                s.close()
+            raise
+        return out
+
+    def _build_engine(self) -> Any:
+        e = self._engine_arg
+        return e() if callable(e) and not hasattr(e, "denoise") else e
+
+    def stop(self) -> None:
+        """Ask the run to end (thread- and signal-safe): sources close, pending maps are finished."""
+        self._stop.set()
+        for s in self._sources or []:
+            s.close()
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunSummary:
+        o = self.opts
+        failed = False
+        started: list[MapConsumer] = []
+        seconds = 0.0
+        # Bind first: a busy address fails at once, before seconds of model loading.
+        self.publisher = Publisher(o.publish, allow_remote=o.allow_remote, hwm=o.hwm, payload_dtype=o.payload_dtype)
+        self.endpoint = self.publisher.endpoint
+        self.bound.set()
+        try:
+            # Sources next: a mistyped input fails before the model loads too.
+            self._sources = self._open_sources()
+            ids = [s.stream_id for s in self._sources]
+            if len(set(ids)) != len(ids):
+                raise SalstreamError(f"sources share a stream id ({ids}); give each a distinct stream_id")
+            for s in self._sources:
+                wire.check_stream_id(s.stream_id)
+            self.engine = engine = self._build_engine()
+            self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
+                                       batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
+                                       seed=o.seed, max_new_frames=o.max_new_frames or None,
+                                       warm_start=o.warm_start)
+            for s in self._sources:
+                self.assemblers[s.stream_id] = WindowAssembler(
+                    engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
+                    audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode)
+                self.scheduler.add_stream(s.stream_id, lossless=not o.paced)
+                log.info("stream %s: %s", s.stream_id, s.description or s)
+            for c in self.consumers:
+                c.start(self._sources, self.publisher)
+                started.append(c)
+            log.info("publishing %s maps on %s (engine %s, %d steps)", engine.config.profile, self.endpoint,
+                     getattr(engine, "name", "?"), self.scheduler.steps)
+            if o.wait_subscriber > 0:
+                log.info("waiting up to %.0f s for a subscriber on %s", o.wait_subscriber, self.endpoint)
+                if not self.publisher.wait_for_subscriber(o.wait_subscriber, stop=self._stop) and not self._stop.is_set():
+                    log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)
+            self.scheduler.start()
+            self.ready.set()
+            t_start = time.monotonic()
+            readers = [threading.Thread(target=self._read, args=(s,), name=f"salstream-source-{s.stream_id}",
+                                        daemon=True) for s in self._sources]
+            for r in readers:
+                r.start()
+            while any(r.is_alive() for r in readers):
+                if self.scheduler.error is not None:
+                    self.stop()
+                if o.duration is not None and time.monotonic() - t_start >= o.duration:
+                    self.stop()
+                for r in readers:
+                    r.join(0.05)    # short joins keep the main thread responsive to signals
+            self.scheduler.close(drain=True)
+            if self.scheduler.error is not None:
+                raise self.scheduler.error
+            seconds = time.monotonic() - t_start
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._stop.set()
+            for s in self._sources or []:
+                s.close()
+            if self.scheduler is not None:
+                self.scheduler.close(drain=False, timeout=10)
+            for c in started:
+                try:
+                    c.close(failed=failed)
+                except Exception:
+                    if not failed:
+                        raise
+                    log.exception("closing %s failed", type(c).__name__)
+            self.publisher.close()
+        return self._summary(seconds)
+
+    def _read(self, source) -> None:
+        sid = source.stream_id
+        asm = self.assemblers[sid]
+        sched = self.scheduler
+        lossless = not self.opts.paced
+        frames = 0
+        it = iter(source)
+        try:
+            for unit in it:
+                if self._stop.is_set():
+                    break
+                if isinstance(unit, VideoFrame):
+                    frames += 1
+                    if self.opts.max_frames is not None and frames > self.opts.max_frames:
+                        break
+                elif isinstance(unit, StreamEvent):
+                    self._log_event(unit)
+                    if unit.kind == "end":
+                        continue        # flushed below, once, however the loop ends
+                for c in self.consumers:
+                    c.on_unit(unit)
+                for w in asm.push(unit):
+                    sched.submit(w, block=lossless)
+        finally:
+            it.close()
+            source.close()
+            for w in asm.push(StreamEvent("end", stream_id=sid)):
+                sched.submit(w, block=lossless)
+            sched.end_stream(sid)
+
+    def _log_event(self, e: StreamEvent) -> None:
+        if e.kind == "error":
+            message = str(e.detail.get("message", e.detail))
+            with self._lock:
+                self._source_errors.append(f"stream {e.stream_id}: {message}")
+            log.error("stream %s: %s", e.stream_id, message)
+        elif e.kind in ("gap", "audio_lost", "audio_back"):
+            log.warning("stream %s: %s %s", e.stream_id, e.kind, e.detail or "")
+
+    # ------------------------------------------------------------------ results (scheduler thread)
+    def map_header(self, res: MapResult) -> wire.MapHeader:
+        """The header of one finished map (the publisher fills in what only it knows)."""
+        w = res.window
+        flags = {k: v for k, v in w.flags.items() if v}
+        # The first map published after a source outage carries it (its window's own may
+        # have been dropped): flags.gap plus each missing PTS range, exclusive at both ends.
+        reported = self._gaps_reported.get(w.stream_id, 0)
+        new_gaps = [dict(g) for g in w.gaps[reported:]]
+        if new_gaps:
+            flags["gap"] = True
+            self._gaps_reported[w.stream_id] = len(w.gaps)
+        return wire.MapHeader(
+            stream=w.stream_id, frame_index=w.target_index, pts=w.target_pts, capture_time=w.target_capture,
+            mode=w.mode, latency_ms=res.latency_ms, dropped=res.dropped, profile=self.engine.config.profile,
+            engine=getattr(self.engine, "name", type(self.engine).__name__), steps=res.steps, batch=res.batch,
+            flags=flags, source_shape=list(w.image.shape[:2]), gaps=new_gaps or None,
+            window={"frames": len(w.frame_indices), "first_frame": w.frame_indices[0],
+                    "audio_end_pts": w.audio_end_pts})
+
+    def _on_result(self, res: MapResult) -> None:
+        w = res.window
+        if self.opts.send_frames:
+            self.publisher.send_frame(w.stream_id, w.target_index, w.target_pts, w.target_capture, w.image)
+        h = self.publisher.publish_map(self.map_header(res), res.saliency, started=res.done_time)
+        self.stats.add(h)
+        for c in self.consumers:
+            c.on_map(h, res.saliency)
+
+    def _summary(self, seconds: float) -> RunSummary:
+        sched, st = self.scheduler, self.stats
+        notes = [line for c in self.consumers for line in c.summary()]
+        return RunSummary(
+            maps=len(st.latencies), seconds=seconds, latencies_ms=list(st.latencies),
+            stage_ms={k: v for k, v in st.stages.items() if v},
+            dropped_windows=sum(sched.dropped.values()) if sched else 0, send_dropped=self.publisher.send_dropped,
+            modes=dict(st.modes), lagging_windows=sum(a.lagged_windows for a in self.assemblers.values()),
+            batch_sizes=dict(sched.batch_sizes) if sched else {}, per_stream=dict(st.per_stream),
+            source_errors=list(self._source_errors), gaps=sum(len(a.gaps) for a in self.assemblers.values()),
+            notes=notes)

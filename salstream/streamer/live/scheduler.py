@@ -1,0 +1,383 @@
+"""The scheduler: one worker thread owns the engine and turns windows into maps.
+
+Latest wins
+    Each stream has a tiny slot (not a queue). A window that is still waiting when a
+    newer one of the same stream arrives is dropped and counted, so a map is never
+    older than about one compute cycle however slow the engine is. For per-frame
+    profiles (``lite``) the slot keeps the newest ``frame_stride`` windows and the
+    worker prefers the newest one on the same frame phase as the last window it ran
+    (at most ``frame_stride - 1`` frames older): those windows share all but their new
+    frames, so falling behind does not make every window re-encode 16 frames.
+Feature caches (per-frame profiles)
+    Video features are cached per ``(stream, frame index)`` and audio features per
+    ``(stream, grid slice)``; a window encodes only what no earlier window did and its
+    features are assembled with :func:`diffsal.models.base.stack_time`. When compute
+    is far behind, a window encodes at most ``max_new_frames`` new frames (the newest)
+    and reuses the nearest encoded frame elsewhere, flagged ``approx_frames``: latency
+    stays bounded instead of each late window re-encoding the whole window.
+Batching
+    Windows of different streams that are ready together go through the engine as one
+    batch (up to ``max_batch``); when one is ready the worker waits at most
+    ``batch_deadline`` seconds for the other active streams. Windows of different modes
+    (av / video / audio) run as separate batches.
+Latency
+    Every map gets per-stage times in ms, measured back to back so they add up to the
+    capture→(publish-start) time: ``assemble`` (target frame captured → window ready,
+    incl. any audio wait), ``wait`` (slot + batching), ``video_encoder``,
+    ``audio_encoder``, ``denoise`` (one entry per DDIM step), ``postprocess``; the
+    publisher adds ``publish``. Encoder and step times are those of the whole batch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from salstream.errors import SalstreamError
+from salstream.diffsal.inference import predict_from_features
+from salstream.diffsal.models.base import stack_time
+
+from salstream.streamer.live.assembler import Window
+
+log = logging.getLogger("salstream.scheduler")
+
+
+@dataclass
+class MapResult:
+    """A finished map and everything the publisher needs to describe it."""
+    window: Window
+    saliency: np.ndarray                 # (h, w) float32 in [0, 1]
+    latency_ms: dict[str, Any]
+    batch: int
+    steps: int
+    dropped: int                         # windows of this stream dropped so far (latest wins)
+    done_time: float                     # monotonic, after post-processing
+    extra: dict = field(default_factory=dict)
+
+
+def _split(feats, n: int) -> list:
+    """Per-sample views (batch of 1) of a batched feature tensor or tuple."""
+    if isinstance(feats, torch.Tensor):
+        return [feats[i:i + 1] for i in range(n)]
+    parts = [_split(f, n) for f in feats]
+    return [tuple(p[i] for p in parts) for i in range(n)]
+
+
+def _cat(items: list):
+    if isinstance(items[0], torch.Tensor):
+        return torch.cat(items, dim=0)
+    return tuple(torch.cat([it[i] for it in items], dim=0) for i in range(len(items[0])))
+
+
+class Scheduler:
+    """Runs windows on ``engine`` in one worker thread; results go to ``on_result``.
+
+    ``steps``: DDIM steps (default: the model's). ``seed``: the noise generator's seed,
+    so a run is reproducible. ``postprocess``: ``x0 (B, 1, h, w) -> (B, h, w)`` array
+    (default ``diffsal.preprocess.postprocess_map``). ``max_new_frames``: per-frame
+    profiles encode at most this many new frames per window (``None``: no cap; see
+    :meth:`_limit_new_frames`). ``warm_start``: a timestep (e.g. 250); each window then
+    starts from its stream's previous map noised to that time and runs only the steps at
+    or below it (``flags["warm_start"]``); ``None`` starts every window from pure noise.
+    """
+
+    def __init__(self, engine: Any, *, steps: Optional[int] = None, max_batch: int = 4,
+                 batch_deadline: float = 0.005, on_result: Optional[Callable[[MapResult], None]] = None,
+                 seed: int = 0, postprocess: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic,
+                 max_new_frames: Optional[int] = 4, warm_start: Optional[int] = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine = engine
+        self.cfg = engine.config
+        self.steps = int(steps if steps is not None else self.cfg.default_steps)
+        self.max_batch = int(max_batch)
+        self.max_new_frames = int(max_new_frames) if max_new_frames else None
+        self.warm_start = None if warm_start is None else int(warm_start)
+        self._prev_maps: dict[str, torch.Tensor] = {}
+        self.batch_deadline = float(batch_deadline)
+        self.on_result = on_result
+        if postprocess is None:
+            from salstream.diffsal.preprocess import postprocess_map as postprocess
+        self._postprocess = postprocess
+        self._clock = clock
+        self._gen = torch.Generator().manual_seed(int(seed))
+        self._device = getattr(engine, "device", "cpu")
+        self._per_frame = bool(self.cfg.per_frame_video)
+        self._slot_len = self.cfg.frame_stride if self._per_frame else 1
+        self._slots: dict[str, deque[Window]] = {}
+        self._last_target: dict[str, int] = {}
+        self._active: set[str] = set()
+        self._lossless: set[str] = set()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: Optional[threading.Thread] = None
+        self._vcache: dict[str, dict[int, Any]] = {}
+        self._acache: dict[str, dict[int, Any]] = {}
+        self.dropped: Counter[str] = Counter()
+        self.processed: Counter[str] = Counter()
+        self.batch_sizes: Counter[int] = Counter()
+        self.frames_encoded = 0
+        self.slices_encoded = 0
+        self.error: Optional[BaseException] = None
+
+    # ------------------------------------------------------------------ producer side
+    def add_stream(self, stream_id: str, lossless: bool = False) -> None:
+        """Declare a stream (batching waits only for active streams).
+
+        ``lossless``: for offline inputs read as fast as possible: :meth:`submit` then
+        waits for the slot instead of dropping, so every window gets a map.
+        """
+        with self._cond:
+            self._active.add(stream_id)
+            self._slots.setdefault(stream_id, deque())
+            if lossless:
+                self._lossless.add(stream_id)
+
+    def end_stream(self, stream_id: str) -> None:
+        with self._cond:
+            self._active.discard(stream_id)
+            self._cond.notify_all()
+
+    def submit(self, window: Window, block: bool = False) -> None:
+        """Hand over a ready window (thread-safe). Latest wins: never blocks unless ``block``
+        (or the stream is lossless), in which case it waits until the worker took the last one."""
+        sid = window.stream_id
+        with self._cond:
+            slot = self._slots.setdefault(sid, deque())
+            if block or sid in self._lossless:
+                while slot and not self._closing and self.error is None:
+                    self._cond.wait(0.1)
+            if self._closing:
+                return
+            if len(slot) >= (1 if sid in self._lossless else self._slot_len):
+                slot.popleft()
+                self.dropped[sid] += 1
+            slot.append(window)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Scheduler":
+        self._thread = threading.Thread(target=self._run, name="salstream-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+        """Stop the worker; with ``drain`` the windows already waiting are still computed."""
+        with self._cond:
+            self._closing = True
+            if not drain:
+                for sid, slot in self._slots.items():
+                    self.dropped[sid] += len(slot)
+                    slot.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ worker
+    def _ready_streams(self) -> list[str]:
+        return [s for s, slot in self._slots.items() if slot]
+
+    def _take(self) -> list[Window]:
+        """Under the lock: one window per ready stream (oldest-ready first), up to max_batch."""
+        ready = sorted(self._ready_streams(), key=lambda s: self._slots[s][-1].ready_time)[: self.max_batch]
+        batch = []
+        for sid in ready:
+            slot = self._slots[sid]
+            pick = slot[-1]
+            last = self._last_target.get(sid)
+            if last is not None and self._slot_len > 1:
+                same_phase = [w for w in slot if (w.target_index - last) % self._slot_len == 0]
+                if same_phase:
+                    pick = same_phase[-1]
+            self.dropped[sid] += len(slot) - 1
+            slot.clear()
+            self._last_target[sid] = pick.target_index
+            batch.append(pick)
+        self._cond.notify_all()         # lossless producers wait for an empty slot
+        return batch
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._ready_streams() and not self._closing:
+                        self._cond.wait()
+                    if not self._ready_streams():
+                        return                      # closing and nothing left
+                    deadline = self._clock() + self.batch_deadline
+                    while not self._closing:
+                        n_ready = len(self._ready_streams())
+                        if n_ready >= min(self.max_batch, max(1, len(self._active))):
+                            break
+                        remaining = deadline - self._clock()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    batch = self._take()
+                by_mode: dict[str, list[Window]] = {}
+                for w in batch:
+                    by_mode.setdefault(w.mode, []).append(w)
+                for mode, group in by_mode.items():
+                    self._process(group, mode)
+        except BaseException as exc:  # surfaced by the pipeline, which stops the run
+            self.error = exc
+            if isinstance(exc, SalstreamError):   # a known problem: the caller reports it in one line
+                log.debug("scheduler stopped: %s", exc)
+            else:
+                log.exception("scheduler stopped by an error")
+
+    @torch.inference_mode()
+    def _process(self, windows: list[Window], mode: str) -> None:
+        eng, cfg = self.engine, self.cfg
+        n = len(windows)
+        t_start = self._clock()
+        v = a = None
+        if mode in ("av", "video"):
+            v = self._video_features(windows)
+        t_video = self._clock()
+        if mode in ("av", "audio"):
+            a = self._audio_features(windows)
+        t_audio = self._clock()
+        marks: list[float] = []
+        warm = {}
+        prev = [self._prev_maps.get(w.stream_id) for w in windows]
+        if self.warm_start is not None and all(p is not None for p in prev):
+            # Start from each stream's previous map re-noised to warm_start: fewer steps, steadier maps.
+            warm = {"warm_start": torch.cat(prev), "warm_start_timestep": self.warm_start}
+            for w in windows:
+                w.flags["warm_start"] = True
+        x0 = predict_from_features(eng, v, a, n, self.steps, generator=self._gen, device=self._device,
+                                   step_callback=lambda t, x: marks.append(self._clock()), **warm)
+        if self.warm_start is not None:
+            for i, w in enumerate(windows):
+                self._prev_maps[w.stream_id] = x0[i:i + 1].detach()
+        maps = np.asarray(self._postprocess(x0), dtype=np.float32).reshape(n, *cfg.map_size)
+        t_post = self._clock()
+        steps_ms, prev = [], t_audio
+        for m in marks:
+            steps_ms.append((m - prev) * 1000.0)
+            prev = m
+        self.batch_sizes[n] += 1
+        for i, w in enumerate(windows):
+            self.processed[w.stream_id] += 1
+            lat = {
+                "assemble": max(0.0, w.ready_time - w.target_capture) * 1000.0,
+                "wait": max(0.0, t_start - w.ready_time) * 1000.0,
+                "video_encoder": (t_video - t_start) * 1000.0,
+                "audio_encoder": (t_audio - t_video) * 1000.0,
+                "denoise": list(steps_ms),
+                "postprocess": (t_post - prev) * 1000.0,
+            }
+            res = MapResult(window=w, saliency=maps[i], latency_ms=lat, batch=n, steps=len(steps_ms),
+                            dropped=self.dropped[w.stream_id], done_time=t_post)
+            if self.on_result is not None:
+                self.on_result(res)
+
+    # ------------------------------------------------------------------ features
+    def _video_features(self, windows: list[Window]):
+        eng = self.engine
+        if not self._per_frame:
+            clips = torch.stack([torch.stack(w.frames, dim=1) for w in windows])   # (B, 3, T, H, W)
+            self.frames_encoded += sum(len(w.frames) for w in windows)
+            return eng.encode_video(clips)
+        todo = self._missing(self._vcache, windows, lambda w: zip(w.frame_indices, w.frames))
+        if self.max_new_frames:
+            todo = self._limit_new_frames(windows, todo)
+        if todo:
+            feats = _split(eng.encode_video(torch.stack([x for x, _ in todo.values()])), len(todo))
+            self._store(self._vcache, todo, feats)
+            self.frames_encoded += len(todo)
+        out = []
+        for w in windows:
+            cache = self._vcache[w.stream_id]
+            out.append(stack_time(self._window_frame_features(w, cache)))
+            # Older frames can never be needed again (windows of a stream only move forward).
+            oldest = min(w.frame_indices)
+            for idx in [k for k in cache if k < oldest]:
+                del cache[idx]
+        return _cat(out)
+
+    def _audio_features(self, windows: list[Window]):
+        eng = self.engine
+        if not self._per_frame:
+            return eng.encode_audio(torch.stack([w.audio for w in windows]))        # (B, 1, S, h, w)
+        todo = self._missing(self._acache, windows, lambda w: zip(w.slice_indices, w.audio))
+        if todo:
+            feats = _split(eng.encode_audio(torch.stack([x for x, _ in todo.values()])), len(todo))
+            self._store(self._acache, todo, feats)
+            self.slices_encoded += len(todo)
+        out = []
+        for w in windows:
+            cache = self._acache[w.stream_id]
+            out.append(stack_time([cache[k][1] for k in w.slice_indices]))
+            oldest = w.slice_indices[0]
+            for k in [k for k in cache if k < oldest]:
+                del cache[k]
+        return _cat(out)
+
+    def _limit_new_frames(self, windows: list[Window], todo: dict) -> dict:
+        """Encode at most ``max_new_frames`` new frames per window, the newest first.
+
+        Only matters when compute has fallen so far behind that a window shares few
+        frames with the last one that ran: without a cap every such window would
+        re-encode up to ``frames`` frames, making it slower still. The other positions
+        then reuse the nearest encoded frame of the window (``flags["approx_frames"]``).
+        """
+        keep = {}
+        for w in windows:
+            mine = [(w.stream_id, idx) for idx in dict.fromkeys(w.frame_indices) if (w.stream_id, idx) in todo]
+            for key in sorted(mine, key=lambda k: k[1], reverse=True)[: self.max_new_frames]:
+                keep[key] = todo[key]
+        return keep
+
+    @staticmethod
+    def _window_frame_features(w: Window, cache: dict) -> list:
+        """Per-position features; a position whose frame was not encoded borrows the nearest one that was."""
+        have = [cache[idx][1] if idx in cache and cache[idx][0] is fr else None
+                for idx, fr in zip(w.frame_indices, w.frames)]
+        missing = [j for j, f in enumerate(have) if f is None]
+        if missing:
+            ok = [j for j, f in enumerate(have) if f is not None]
+            for j in missing:
+                have[j] = have[min(ok, key=lambda k: (abs(k - j), -k))]
+            w.flags["approx_frames"] = len(missing)
+        return have
+
+    @staticmethod
+    def _missing(caches: dict, windows: list[Window], items: Callable) -> dict:
+        """Inputs no earlier window encoded: ``{(stream, key): (input, None)}``.
+
+        A cache entry counts only if it was computed from the very same input tensor
+        (identity), so a stream whose indices restart can never get stale features.
+        """
+        todo: dict[tuple[str, int], tuple[torch.Tensor, None]] = {}
+        for w in windows:
+            cache = caches.setdefault(w.stream_id, {})
+            for key, x in items(w):
+                hit = cache.get(key)
+                if hit is None or hit[0] is not x:
+                    todo[(w.stream_id, key)] = (x, None)
+        return todo
+
+    @staticmethod
+    def _store(caches: dict, todo: dict, feats: list) -> None:
+        for ((sid, key), (x, _)), f in zip(todo.items(), feats):
+            caches[sid][key] = (x, f)
+
+    def reset_stream(self, stream_id: str) -> None:
+        """Forget cached features (after a reconnect the frame indices start over)."""
+        with self._cond:
+            self._vcache.pop(stream_id, None)
+            self._acache.pop(stream_id, None)
+            self._last_target.pop(stream_id, None)
+            self._prev_maps.pop(stream_id, None)

@@ -1,0 +1,77 @@
+"""What a run did: maps, latency per stage, drops, modes — collected from the published headers."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from salstream.streamer.wire.format import LATENCY_STAGES, MapHeader
+
+
+@dataclass
+class RunSummary:
+    maps: int
+    seconds: float
+    latencies_ms: list[float]
+    stage_ms: dict[str, list[float]]
+    dropped_windows: int
+    send_dropped: int
+    modes: dict[str, int]
+    lagging_windows: int
+    batch_sizes: dict[int, int]
+    per_stream: dict[str, int]
+    source_errors: list[str] = field(default_factory=list)   # streams that ended because their input failed
+    gaps: int = 0                                             # source outages (reconnects) over all streams
+    notes: list[str] = field(default_factory=list)            # lines from the consumers (recording, …)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def maps_per_second(self) -> float:
+        return self.maps / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self) -> str:
+        lines = [f"{self.maps} maps in {self.seconds:.1f} s ({self.maps_per_second:.1f} maps/s) from "
+                 f"{len(self.per_stream)} stream(s); dropped windows: {self.dropped_windows} (latest wins), "
+                 f"publisher drops: {self.send_dropped}"]
+        if self.latencies_ms:
+            lines.append(f"capture→publish latency: p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
+                         f"p99 {self.percentile(99):.1f} ms (max {max(self.latencies_ms):.1f} ms)")
+            parts = [f"{k} {np.median(self.stage_ms[k]):.1f}" for k in LATENCY_STAGES if self.stage_ms.get(k)]
+            lines.append("median per stage (ms): " + ", ".join(parts) + "  [denoise = all steps of one map]")
+        lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in sorted(self.modes.items()))
+                     + (f" (video-only because audio lagged: {self.lagging_windows})" if self.lagging_windows else "")
+                     + "; batch sizes: " + ", ".join(f"{b}×{n}" for b, n in sorted(self.batch_sizes.items())))
+        if self.gaps:
+            lines.append(f"source outages: {self.gaps} (maps after each are marked with flags.gap)")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+class MapStats:
+    """Accumulates the per-map figures of a run from the headers that went out (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.stages: dict[str, list[float]] = {k: [] for k in LATENCY_STAGES}
+        self.modes: dict[str, int] = {}
+        self.per_stream: dict[str, int] = {}
+        self.first_publish: Optional[float] = None
+        self.last_publish: Optional[float] = None
+
+    def add(self, h: MapHeader) -> None:
+        with self._lock:
+            self.latencies.append((h.publish_time - h.capture_time) * 1000.0)
+            for k in LATENCY_STAGES:
+                v = h.latency_ms.get(k)
+                if v is not None:
+                    self.stages[k].append(sum(v) if isinstance(v, list) else v)
+            self.modes[h.mode] = self.modes.get(h.mode, 0) + 1
+            self.per_stream[h.stream] = self.per_stream.get(h.stream, 0) + 1
+            if self.first_publish is None:
+                self.first_publish = h.publish_time
+            self.last_publish = h.publish_time

@@ -1,0 +1,220 @@
+"""Recording the overlay: an H.264 file of a stream's frames with their heatmaps (+ source audio).
+
+:class:`OverlayRecorder` writes an MP4 through PyAV: one video frame per source frame at
+its media PTS and, when given, the source audio as AAC on the same clock. ``close()``
+finalises the file (trailer written) and is safe to call twice and from a signal-driven
+shutdown. Until then it is written under a hidden ``.NAME.partial`` name beside the
+target, so the target path never holds a half-written file; a recording without frames
+is removed instead of being finalised.
+
+:class:`OverlayRecording` is the pipeline consumer around it: every frame of one stream
+with the newest map at or before it (sample and hold: a frame whose window was dropped
+shows the previous map, as a live viewer saw), blended and encoded in its own thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import av
+import cv2
+import numpy as np
+
+from salstream.errors import SalstreamError
+from salstream.streamer.align import PairedConsumer
+from salstream.streamer.overlay.render import blend
+
+log = logging.getLogger("salstream.overlay")
+
+_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+RECORD_SUFFIXES = tuple(_FORMATS)
+
+
+class OverlayRecorder:
+    """Writes overlay frames (and optionally audio) to an H.264 MP4.
+
+    ``fps``: the source's nominal rate; a frame's PTS is ``round(pts · fps)`` ticks of
+    ``1/fps``. ``audio_rate``: add an AAC track fed by :meth:`add_audio` (mono float32).
+    ``max_side``: frames are scaled down so their longer side is at most this.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 30.0, *, audio_rate: Optional[int] = None,
+                 max_side: int = 960, crf: int = 23, preset: str = "veryfast"):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in _FORMATS:
+            raise SalstreamError(f"--record {path}: use a .mp4 (or .mkv/.mov) file name")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SalstreamError(f"--record {path}: cannot create its folder ({exc})") from None
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self._tb = Fraction(round(self.fps * 1000), 1000).limit_denominator(100000)
+        self.max_side = int(max_side)
+        self._opts = {"preset": preset, "crf": str(crf)}
+        self._audio_rate = audio_rate
+        self._lock = threading.Lock()
+        try:
+            self._container = av.open(str(self.partial), "w", format=_FORMATS[self.path.suffix.lower()])
+        except (OSError, av.error.FFmpegError) as exc:
+            raise SalstreamError(f"--record {path}: cannot create the file ({exc})") from None
+        self._video = None
+        self._audio = None
+        if audio_rate:
+            self._audio = self._container.add_stream("aac", rate=int(audio_rate), layout="mono")
+        self._held: list = []    # audio packets waiting for the video stream (the header needs both)
+        self._last_pts: Optional[int] = None
+        self._audio_next: Optional[int] = None
+        self._size: Optional[tuple[int, int]] = None
+        self.frames = 0
+        self.audio_samples = 0
+        self.closed = False
+
+    def _open_video(self, h: int, w: int) -> None:
+        scale = min(1.0, self.max_side / max(h, w))
+        # H.264 in yuv420p needs even dimensions.
+        ow, oh = max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)
+        self._video = self._container.add_stream("libx264", rate=self._tb, options=self._opts)
+        self._video.width, self._video.height, self._video.pix_fmt = ow, oh, "yuv420p"
+        self._size = (oh, ow)
+        held, self._held = self._held, []
+        self._mux(held)
+
+    def add_frame(self, overlay_rgb: np.ndarray, pts: float) -> bool:
+        """Append one overlay frame at media time ``pts`` (s). Returns False if it was not newer."""
+        with self._lock:
+            if self.closed:
+                return False
+            if self._video is None:
+                self._open_video(*overlay_rgb.shape[:2])
+            tick = int(round(pts * float(self._tb)))
+            if self._last_pts is not None and tick <= self._last_pts:
+                return False
+            img = overlay_rgb
+            if img.shape[:2] != self._size:
+                img = cv2.resize(img, (self._size[1], self._size[0]), interpolation=cv2.INTER_AREA)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = tick, 1 / self._tb
+            self._mux(self._video.encode(frame))
+            self._last_pts = tick
+            self.frames += 1
+            return True
+
+    def add_audio(self, samples: np.ndarray, sample_index: int) -> None:
+        """Append mono float32 samples starting at stream sample ``sample_index``."""
+        if self._audio is None:
+            return
+        with self._lock:
+            if self.closed:
+                return
+            x = np.asarray(samples, np.float32).reshape(1, -1)
+            if self._audio_next is not None and sample_index < self._audio_next:   # overlap: keep new part
+                x = x[:, self._audio_next - sample_index:]
+                sample_index = self._audio_next
+            if x.size == 0:
+                return
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x), format="flt", layout="mono")
+            frame.sample_rate = self._audio_rate
+            frame.pts, frame.time_base = int(sample_index), Fraction(1, self._audio_rate)
+            packets = list(self._audio.encode(frame))
+            if self._video is None:
+                self._held.extend(packets)
+            else:
+                self._mux(packets)
+            self._audio_next = sample_index + x.shape[1]
+            self.audio_samples += x.shape[1]
+
+    def _mux(self, packets) -> None:
+        for p in packets:
+            self._container.mux(p)
+
+    def close(self, discard: bool = False) -> None:
+        """Flush the encoders, write the trailer and move the file into place; idempotent.
+
+        Without any frame, or with ``discard``, nothing is left behind (no file, no partial one).
+        """
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            done = False
+            try:
+                if self._video is not None:
+                    self._mux(self._video.encode(None))
+                if self._audio is not None and self.audio_samples and self._video is not None:
+                    self._mux(self._held + list(self._audio.encode(None)))
+                done = True
+            finally:
+                try:
+                    self._container.close()
+                except (OSError, av.error.FFmpegError):
+                    done = False
+                if done and self.frames and not discard:
+                    os.replace(self.partial, self.path)
+                else:
+                    self.partial.unlink(missing_ok=True)
+            if discard:
+                log.info("%s: recording discarded", self.path)
+            elif not self.frames:
+                log.warning("%s: no frames were recorded, so no file was written", self.path)
+
+    def __enter__(self) -> "OverlayRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class OverlayRecording(PairedConsumer):
+    """Pipeline consumer that records the overlay of one stream (default: the first) to ``path``."""
+
+    name = "recorder"
+
+    def __init__(self, path: str | Path, stream_id: Optional[str] = None, *, alpha: float = 0.6,
+                 max_pending: int = 90):
+        super().__init__(stream_id or "0", max_delay=max_pending)
+        self.path = Path(path)
+        if self.path.suffix.lower() not in _FORMATS:
+            raise SalstreamError(f"--record {path}: use a .mp4 (or .mkv/.mov) file name")
+        self.alpha = alpha
+        self._pick_first = stream_id is None
+        self.recorder: Optional[OverlayRecorder] = None
+
+    def start(self, sources=(), publisher=None) -> None:
+        if self.recorder is None:
+            if self._pick_first and sources:
+                self.stream_id = sources[0].stream_id
+            src = next((s for s in sources if s.stream_id == self.stream_id), None)
+            fps = getattr(src, "fps", 30.0) if src is not None else 30.0
+            audio = 16000 if src is not None and src.has_audio else None
+            self.recorder = OverlayRecorder(self.path, fps=fps, audio_rate=audio)
+        super().start(sources, publisher)
+
+    def write(self, frame, saliency: Optional[np.ndarray]) -> None:
+        try:
+            image = frame.image if saliency is None else blend(frame.image, saliency, self.alpha)
+            self.recorder.add_frame(image, frame.pts)
+        except Exception:  # a recording problem must not stop the maps
+            log.exception("overlay recording failed")
+
+    def write_audio(self, chunk) -> None:
+        self.recorder.add_audio(chunk.samples, chunk.sample_index)
+
+    def finish(self, failed: bool) -> None:
+        # A run that failed before any map reached the recording leaves no file behind.
+        if self.recorder is not None:
+            self.recorder.close(discard=failed and self.maps_in == 0)
+
+    @property
+    def frames(self) -> int:
+        return self.recorder.frames if self.recorder is not None else 0
+
+    def summary(self) -> list[str]:
+        if self.frames:
+            return [f"overlay: {self.path} ({self.frames} frames"
+                    + (f", {self.dropped} skipped" if self.dropped else "") + ")"]
+        return [f"overlay: nothing recorded (no frames), {self.path} not written"]
