@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod
 from salstream.errors import SalstreamError
 from salstream.diffsal.inference import predict_from_features
-from salstream.diffsal.models.base import stack_time
+from salstream.diffsal.features import FeatureCache, cat_batch
 
 from .report import load_average, stats
 
@@ -177,8 +177,8 @@ class MapMaker:
         self.video, self.audio = smooth_clip(self.cfg, n, seed, batch)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.i = 0
-        self._vcache: list = []
-        self._acache: list = []
+        self.video_cache = FeatureCache(runner.encode_video)
+        self.audio_cache = FeatureCache(runner.encode_audio)
 
     def _next_inputs(self):
         n = self.video.shape[2]
@@ -192,19 +192,28 @@ class MapMaker:
         i = self._next_inputs()
         cfg = self.cfg
         if self.per_frame:
-            s = cfg.audio.n_slices
-            if len(self._vcache) < cfg.frames:      # fill the window once, like a stream's first window
+            # Map number t of each of the ``batch`` streams: window frames t … t+T-1 (slices t … t+S-1);
+            # all but the newest come from the cache, as in a live stream.
+            t = self.i - 1
+            frames, slices = range(t, t + cfg.frames), range(t, t + cfg.audio.n_slices)
+
+            def requests(data, indices):
+                return [(b, j, data[b, :, j % data.shape[2]]) for b in range(self.batch) for j in indices]
+            if not len(self.video_cache):           # fill the window once, like a stream's first window
                 was = getattr(self.runner, "recording", None)
                 if was is not None:
                     self.runner.recording = False
-                self._vcache = [self.runner.encode_video(self.video[:, :, k]) for k in range(cfg.frames - 1)]
-                self._acache = [self.runner.encode_audio(self.audio[:, :, k]) for k in range(s - 1)]
+                self.video_cache.need(requests(self.video, frames[:-1]))
+                self.audio_cache.need(requests(self.audio, slices[:-1]))
                 if was is not None:
                     self.runner.recording = was
-            k = (i + cfg.frames - 1) % self.video.shape[2]
-            self._vcache = self._vcache[-(cfg.frames - 1):] + [self.runner.encode_video(self.video[:, :, k])]
-            self._acache = self._acache[-(s - 1):] + [self.runner.encode_audio(self.audio[:, :, k])]
-            return stack_time(self._vcache), stack_time(self._acache)
+            self.video_cache.need(requests(self.video, frames[-1:]))
+            self.audio_cache.need(requests(self.audio, slices[-1:]))
+            for b in range(self.batch):
+                self.video_cache.forget(b, before=t)
+                self.audio_cache.forget(b, before=t)
+            return (cat_batch([self.video_cache.stack(b, frames) for b in range(self.batch)]),
+                    cat_batch([self.audio_cache.stack(b, slices) for b in range(self.batch)]))
         clip = self.video[:, :, i:i + cfg.frames]
         slices = self.audio[:, :, i:i + cfg.audio.n_slices]
         return self.runner.encode_video(clip), self.runner.encode_audio(slices)

@@ -174,7 +174,7 @@ def soak(args) -> dict:
     if "error" in result:
         raise result["error"]
     summary = result["summary"]
-    del pipe, result                  # let the pipeline's objects go before the "after" snapshot
+    pipe = result = None              # let the pipeline's objects go before the "after" snapshot
 
     threads_after = settled(python_threads, threads_before, interval=0.1)
     sockets_after = settled(lambda: open_descriptors()[1], sockets_before, interval=0.1)

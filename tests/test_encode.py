@@ -170,7 +170,8 @@ def test_encoder_takes_pipeline_frames_and_keeps_the_last_map(tmp_path):
     st = enc.close()
     assert st.frames == st.guided_frames == 12 and len(applied) == 1
     assert applied[0][1] == pytest.approx(1.0)        # the PTS of the frame the map was applied to
-    qp = _decoded_qp(tmp_path / "p.mp4")
+    qp = _decoded_qp(tmp_path / "p.mp4")        # mean over all 12 frames: the regions held after the one map
+    assert qp[:, qp.shape[1] // 2 + 1:].mean() < qp[:, : qp.shape[1] // 2 - 1].mean() - 3
     with av.open(str(tmp_path / "p.mp4")) as c:
         times = [f.time for f in c.decode(video=0)]
     assert times[0] == pytest.approx(1.0, abs=1e-3) and times[-1] == pytest.approx(1.0 + 11 / 30, abs=1e-3)

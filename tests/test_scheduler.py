@@ -198,8 +198,7 @@ def test_far_behind_window_encodes_at_most_max_new_frames(engine):
     capped.start()
     capped.close()
     assert capped.frames_encoded == 4 and results[0].window.flags["approx_frames"] == 12
-    cache = capped._vcache["0"]
-    assert sorted(cache) == [34, 36, 38, 40]                    # the newest frames were the ones encoded
+    assert capped.video_cache.indices("0") == [34, 36, 38, 40]                    # the newest frames were the ones encoded
 
     w2 = make_windows(engine.config, 41)[40]
     full = Scheduler(engine, steps=1, max_new_frames=None)

@@ -31,6 +31,7 @@ from salstream.diffsal.config import MODES
 from salstream.diffsal.datasets.layout import Video
 from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
                                window_frame_indices)
+from salstream.diffsal.features import FeatureCache, cat_batch
 from salstream.errors import SalstreamError
 
 METRIC_NAMES = ("cc", "sim", "kld", "nss", "auc_judd", "auc_shuffled")
@@ -61,67 +62,41 @@ def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- features
-class _VideoFeatures:
-    """Per-video feature cache for per-frame profiles (what the live cache does)."""
+class VideoFeatures:
+    """One video's per-frame and per-slice feature caches (per-frame profiles), as the live scheduler keeps them."""
 
     def __init__(self, runner: Any, src: WindowSource, batch: int = 8):
-        self.runner, self.src, self.batch = runner, src, batch
-        self.video: dict[int, tuple] = {}
-        self.audio: dict[int, torch.Tensor] = {}
+        self.src = src
+        self.video = FeatureCache(runner.encode_video, batch_size=batch)
+        self.audio = FeatureCache(runner.encode_audio, batch_size=batch)
 
-    @torch.inference_mode()
-    def need_frames(self, idx: Sequence[int]) -> None:
-        todo = sorted(set(idx) - set(self.video))
-        for k in range(0, len(todo), self.batch):
-            part = todo[k:k + self.batch]
-            x = torch.stack([self.src.frame_tensor(i) for i in part])
-            feats = self.runner.encode_video(x)
-            feats = feats if isinstance(feats, (tuple, list)) else (feats,)
-            for j, i in enumerate(part):
-                self.video[i] = tuple(f[j:j + 1] for f in feats)
+    def frames(self, idx: Sequence[int]):
+        self.video.need([(0, i, lambda i=i: self.src.frame_tensor(i)) for i in idx])
+        return self.video.stack(0, idx)
 
-    @torch.inference_mode()
-    def need_slices(self, idx: Sequence[int]) -> None:
+    def slices(self, idx: Sequence[int]):
         from salstream.diffsal.audio import grid_slices
-        todo = sorted(set(idx) - set(self.audio))
-        if not todo:
-            return
-        a = torch.from_numpy(self.src.audio_16k())
-        mel = grid_slices(a, todo, self.src.cfg.audio)[0]          # (K, h, w)
-        for k in range(0, len(todo), self.batch):
-            part = todo[k:k + self.batch]
-            feats = self.runner.encode_audio(mel[k:k + len(part)].unsqueeze(1))
-            for j, i in enumerate(part):
-                self.audio[i] = feats[j:j + 1]
-
-
-def _cat_feats(items: list) -> Any:
-    if items[0] is None:
-        return None
-    if isinstance(items[0], torch.Tensor):
-        return torch.cat(items, dim=0)
-    return tuple(torch.cat([it[i] for it in items], dim=0) for i in range(len(items[0])))
+        todo = sorted({k for k in idx if self.audio.get(0, k) is None})
+        if todo:   # the log-mel of every missing slice in one call, then their features in batches
+            mel = grid_slices(torch.from_numpy(self.src.audio_16k()), todo, self.src.cfg.audio)[0]   # (K, h, w)
+            self.audio.need([(0, k, mel[j:j + 1]) for j, k in enumerate(todo)])
+        return self.audio.stack(0, idx)
 
 
 @torch.inference_mode()
-def window_features(runner: Any, src: WindowSource, targets: Sequence[int], cache: Optional[_VideoFeatures],
+def window_features(runner: Any, src: WindowSource, targets: Sequence[int], cache: Optional[VideoFeatures],
                     need_video: bool, need_audio: bool):
     """Batched (video, audio) features for the windows ending/centred at ``targets``."""
     from salstream.diffsal.inference import encode_window
-    from salstream.diffsal.models.base import stack_time
     cfg = runner.config
     vids, auds = [], []
     for t in targets:
         if cfg.per_frame_video:
             v = a = None
             if need_video:
-                idx = window_frame_indices(cfg, t, src.video.n_frames)
-                cache.need_frames(idx)
-                v = stack_time([cache.video[i] for i in idx])
+                v = cache.frames(window_frame_indices(cfg, t, src.video.n_frames))
             if need_audio:
-                sl = lite_slice_indices(cfg, t, src.video.fps)
-                cache.need_slices(sl)
-                a = stack_time([cache.audio[i] for i in sl])
+                a = cache.slices(lite_slice_indices(cfg, t, src.video.fps))
         else:
             mode = "av" if need_video and need_audio else ("video" if need_video else "audio")
             video = src.video_input(t).unsqueeze(0) if need_video else None
@@ -129,7 +104,7 @@ def window_features(runner: Any, src: WindowSource, targets: Sequence[int], cach
             v, a = encode_window(runner, video, audio, mode)
         vids.append(v)
         auds.append(a)
-    return _cat_feats(vids), _cat_feats(auds)
+    return (cat_batch(vids) if vids[0] is not None else None), (cat_batch(auds) if auds[0] is not None else None)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -187,7 +162,7 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
         ds_modes = [m for m in modes if m == "video" or all(v.has_audio for v in videos)]
         for vi, video in enumerate(videos):
             src = WindowSource(video, cfg)
-            cache = _VideoFeatures(runner, src, batch) if cfg.per_frame_video else None
+            cache = VideoFeatures(runner, src, batch) if cfg.per_frame_video else None
             targets = eval_targets(runner, video, frame_step, max_windows)
             rows: dict[str, list[dict[str, float]]] = {m: [] for m in (*ds_modes, BASELINE)}
             for b0 in range(0, len(targets), batch):

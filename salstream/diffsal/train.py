@@ -39,6 +39,7 @@ from salstream.diffsal.datasets.layout import Video
 from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
                                window_frame_indices)
 from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, add_noise, cosine_alphas_cumprod
+from salstream.diffsal.features import FeatureCache
 from salstream.errors import SalstreamError
 from salstream.diffsal.models.base import stack_time
 
@@ -108,37 +109,25 @@ def frozen_frame_encoder(model):
     return None
 
 
-class FrameFeatureStore:
-    """Per-frame video features (float16, CPU) of every frame some training window uses."""
+def _half(feats) -> tuple[torch.Tensor, ...]:
+    """One frame's features without the batch axis, as float16 copies (a training set held in memory)."""
+    return tuple(f[0].to(torch.float16).clone() for f in (feats if isinstance(feats, (tuple, list)) else (feats,)))
 
-    def __init__(self, encode, sources: list[WindowSource], needed: dict[int, set[int]], batch: int = 16,
-                 progress: bool = True):
-        self.feats: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-        total = sum(len(s) for s in needed.values())
-        bar = _bar(total, "video features", "frame") if progress else None
-        with torch.inference_mode():
-            for vi, frames in needed.items():
-                order = sorted(frames)
-                for k in range(0, len(order), batch):
-                    part = order[k:k + batch]
-                    x = torch.stack([sources[vi].frame_tensor(i) for i in part])
-                    out = encode(x)
-                    out = out if isinstance(out, (tuple, list)) else (out,)
-                    for j, i in enumerate(part):
-                        self.feats[(vi, i)] = tuple(o[j].to(torch.float16).clone() for o in out)
-                    if bar:
-                        bar.update(len(part))
-                sources[vi]._frames.clear()
-        if bar:
-            bar.close()
 
-    def window(self, cfg, vi: int, target: int, n_frames: int) -> list[tuple[torch.Tensor, ...]]:
-        """The cached per-frame features of one window, oldest first."""
-        idx = window_frame_indices(cfg, target, n_frames)
-        return [self.feats[(vi, i)] for i in idx]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for f in self.feats.values() for t in f)
+def frame_feature_cache(encode, sources: list[WindowSource], needed: dict[int, set[int]], batch: int = 16,
+                        progress: bool = True, cache: Optional[FeatureCache] = None) -> FeatureCache:
+    """The frozen per-frame video features of every frame some training window uses, keyed by video index."""
+    cache = cache or FeatureCache(encode, batch_size=batch, keep=_half)
+    total = sum(len(s) for s in needed.values())
+    bar = _bar(total, "video features", "frame") if progress else None
+    for vi, frames in needed.items():
+        src = sources[vi]
+        cache.need([(vi, i, lambda i=i, src=src: src.frame_tensor(i)) for i in sorted(frames)],
+                   on_batch=bar.update if bar else None)
+        src._frames.clear()
+    if bar:
+        bar.close()
+    return cache
 
 
 class SliceStore:
@@ -177,7 +166,7 @@ class Batcher:
         self.cache_video = split is not None
         self.cached_fn, self.trainable_fn = split if split else (None, None)
         self.has_audio = all(v.has_audio for v in videos)
-        self.frames: Optional[FrameFeatureStore] = None
+        self.frames: Optional[FeatureCache] = None
         self.slices: Optional[SliceStore] = None
         self.maps: dict[tuple[int, int], torch.Tensor] = {}
         self.add(samples, progress)
@@ -195,11 +184,8 @@ class Batcher:
             if (vi, t) not in self.maps:
                 self.maps[(vi, t)] = self.sources[vi].target_map(t).to(torch.float16)
         if self.cache_video:
-            store = FrameFeatureStore(self.cached_fn, self.sources, frames, progress=progress)
-            if self.frames is None:
-                self.frames = store
-            else:
-                self.frames.feats.update(store.feats)
+            self.frames = frame_feature_cache(self.cached_fn, self.sources, frames, progress=progress,
+                                              cache=self.frames)
         if slices:
             store = SliceStore(cfg, self.sources, slices)
             if self.slices is None:
@@ -213,7 +199,8 @@ class Batcher:
             raise SalstreamError("this batcher was built for audio-only training: it holds no video")
         if self.cache_video:
             # (B·T) cached frames -> trainable per-frame part -> (B, C, T, h, w) per level
-            items = [f for vi, t in batch for f in self.frames.window(cfg, vi, t, self.videos[vi].n_frames)]
+            items = [f for vi, t in batch
+                     for f in self.frames.items(vi, window_frame_indices(cfg, t, self.videos[vi].n_frames))]
             flat = tuple(torch.stack([it[k] for it in items]).float() for k in range(len(items[0])))
             with torch.set_grad_enabled(grad):
                 out = self.trainable_fn(flat) if self.trainable_fn is not None else flat
@@ -367,7 +354,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         val_batcher = Batcher(model, val_videos, val_samples, progress=False)
     prep_s = time.perf_counter() - t0
     if batcher.frames is not None:
-        log(f"[train] cached features of {len(batcher.frames.feats)} frames "
+        log(f"[train] cached features of {len(batcher.frames)} frames "
             f"({batcher.frames.nbytes() / 2**20:.0f} MiB) in {prep_s:.0f} s")
 
     params = trainable_parameters(model)

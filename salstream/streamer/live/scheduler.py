@@ -10,8 +10,8 @@ Latest wins
     frames, so falling behind does not make every window re-encode 16 frames.
 Feature caches (per-frame profiles)
     Video features are cached per ``(stream, frame index)`` and audio features per
-    ``(stream, grid slice)``; a window encodes only what no earlier window did and its
-    features are assembled with :func:`diffsal.models.base.stack_time`. When compute
+    ``(stream, grid slice)`` (:class:`~salstream.diffsal.features.FeatureCache`); a window
+    encodes only what no earlier window did, batched across streams. When compute
     is far behind, a window encodes at most ``max_new_frames`` new frames (the newest)
     and reuses the nearest encoded frame elsewhere, flagged ``approx_frames``: latency
     stays bounded instead of each late window re-encoding the whole window.
@@ -41,6 +41,7 @@ import torch
 
 from salstream.errors import SalstreamError
 from salstream.diffsal.inference import predict_from_features
+from salstream.diffsal.features import FeatureCache, cat_batch
 from salstream.diffsal.models.base import stack_time
 
 from salstream.streamer.live.assembler import Window
@@ -59,20 +60,6 @@ class MapResult:
     dropped: int                         # windows of this stream dropped so far (latest wins)
     done_time: float                     # monotonic, after post-processing
     extra: dict = field(default_factory=dict)
-
-
-def _split(feats, n: int) -> list:
-    """Per-sample views (batch of 1) of a batched feature tensor or tuple."""
-    if isinstance(feats, torch.Tensor):
-        return [feats[i:i + 1] for i in range(n)]
-    parts = [_split(f, n) for f in feats]
-    return [tuple(p[i] for p in parts) for i in range(n)]
-
-
-def _cat(items: list):
-    if isinstance(items[0], torch.Tensor):
-        return torch.cat(items, dim=0)
-    return tuple(torch.cat([it[i] for it in items], dim=0) for i in range(len(items[0])))
 
 
 class Scheduler:
@@ -117,13 +104,12 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closing = False
         self._thread: Optional[threading.Thread] = None
-        self._vcache: dict[str, dict[int, Any]] = {}
-        self._acache: dict[str, dict[int, Any]] = {}
+        self.video_cache = FeatureCache(engine.encode_video)
+        self.audio_cache = FeatureCache(engine.encode_audio)
         self.dropped: Counter[str] = Counter()
         self.processed: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
-        self.frames_encoded = 0
-        self.slices_encoded = 0
+        self._frames_encoded_full = 0      # per-clip profiles encode every window's frames
         self.error: Optional[BaseException] = None
 
     # ------------------------------------------------------------------ producer side
@@ -283,49 +269,43 @@ class Scheduler:
             if self.on_result is not None:
                 self.on_result(res)
 
+    @property
+    def frames_encoded(self) -> int:
+        return self.video_cache.encoded + self._frames_encoded_full
+
+    @property
+    def slices_encoded(self) -> int:
+        return self.audio_cache.encoded
+
     # ------------------------------------------------------------------ features
     def _video_features(self, windows: list[Window]):
-        eng = self.engine
         if not self._per_frame:
             clips = torch.stack([torch.stack(w.frames, dim=1) for w in windows])   # (B, 3, T, H, W)
-            self.frames_encoded += sum(len(w.frames) for w in windows)
-            return eng.encode_video(clips)
-        todo = self._missing(self._vcache, windows, lambda w: zip(w.frame_indices, w.frames))
+            self._frames_encoded_full += sum(len(w.frames) for w in windows)
+            return self.engine.encode_video(clips)
+        requests = [(w.stream_id, i, x) for w in windows for i, x in zip(w.frame_indices, w.frames)]
         if self.max_new_frames:
-            todo = self._limit_new_frames(windows, todo)
-        if todo:
-            feats = _split(eng.encode_video(torch.stack([x for x, _ in todo.values()])), len(todo))
-            self._store(self._vcache, todo, feats)
-            self.frames_encoded += len(todo)
+            requests = self._limit_new_frames(windows, requests)
+        self.video_cache.need(requests, same_input=True)
         out = []
         for w in windows:
-            cache = self._vcache[w.stream_id]
-            out.append(stack_time(self._window_frame_features(w, cache)))
+            out.append(stack_time(self._window_frame_features(w)))
             # Older frames can never be needed again (windows of a stream only move forward).
-            oldest = min(w.frame_indices)
-            for idx in [k for k in cache if k < oldest]:
-                del cache[idx]
-        return _cat(out)
+            self.video_cache.forget(w.stream_id, before=min(w.frame_indices))
+        return cat_batch(out)
 
     def _audio_features(self, windows: list[Window]):
-        eng = self.engine
         if not self._per_frame:
-            return eng.encode_audio(torch.stack([w.audio for w in windows]))        # (B, 1, S, h, w)
-        todo = self._missing(self._acache, windows, lambda w: zip(w.slice_indices, w.audio))
-        if todo:
-            feats = _split(eng.encode_audio(torch.stack([x for x, _ in todo.values()])), len(todo))
-            self._store(self._acache, todo, feats)
-            self.slices_encoded += len(todo)
+            return self.engine.encode_audio(torch.stack([w.audio for w in windows]))        # (B, 1, S, h, w)
+        self.audio_cache.need([(w.stream_id, k, x) for w in windows for k, x in zip(w.slice_indices, w.audio)],
+                              same_input=True)
         out = []
         for w in windows:
-            cache = self._acache[w.stream_id]
-            out.append(stack_time([cache[k][1] for k in w.slice_indices]))
-            oldest = w.slice_indices[0]
-            for k in [k for k in cache if k < oldest]:
-                del cache[k]
-        return _cat(out)
+            out.append(self.audio_cache.stack(w.stream_id, w.slice_indices))
+            self.audio_cache.forget(w.stream_id, before=w.slice_indices[0])
+        return cat_batch(out)
 
-    def _limit_new_frames(self, windows: list[Window], todo: dict) -> dict:
+    def _limit_new_frames(self, windows: list[Window], requests: list) -> list:
         """Encode at most ``max_new_frames`` new frames per window, the newest first.
 
         Only matters when compute has fallen so far behind that a window shares few
@@ -333,18 +313,19 @@ class Scheduler:
         re-encode up to ``frames`` frames, making it slower still. The other positions
         then reuse the nearest encoded frame of the window (``flags["approx_frames"]``).
         """
-        keep = {}
-        for w in windows:
-            mine = [(w.stream_id, idx) for idx in dict.fromkeys(w.frame_indices) if (w.stream_id, idx) in todo]
-            for key in sorted(mine, key=lambda k: k[1], reverse=True)[: self.max_new_frames]:
-                keep[key] = todo[key]
+        missing = {}
+        for sid, i, x in requests:
+            if self.video_cache.get(sid, i, x) is None:
+                missing.setdefault(sid, {})[i] = x
+        keep = []
+        for sid, items in missing.items():
+            for i in sorted(items, reverse=True)[: self.max_new_frames]:
+                keep.append((sid, i, items[i]))
         return keep
 
-    @staticmethod
-    def _window_frame_features(w: Window, cache: dict) -> list:
+    def _window_frame_features(self, w: Window) -> list:
         """Per-position features; a position whose frame was not encoded borrows the nearest one that was."""
-        have = [cache[idx][1] if idx in cache and cache[idx][0] is fr else None
-                for idx, fr in zip(w.frame_indices, w.frames)]
+        have = [self.video_cache.get(w.stream_id, idx, fr) for idx, fr in zip(w.frame_indices, w.frames)]
         missing = [j for j, f in enumerate(have) if f is None]
         if missing:
             ok = [j for j, f in enumerate(have) if f is not None]
@@ -352,32 +333,3 @@ class Scheduler:
                 have[j] = have[min(ok, key=lambda k: (abs(k - j), -k))]
             w.flags["approx_frames"] = len(missing)
         return have
-
-    @staticmethod
-    def _missing(caches: dict, windows: list[Window], items: Callable) -> dict:
-        """Inputs no earlier window encoded: ``{(stream, key): (input, None)}``.
-
-        A cache entry counts only if it was computed from the very same input tensor
-        (identity), so a stream whose indices restart can never get stale features.
-        """
-        todo: dict[tuple[str, int], tuple[torch.Tensor, None]] = {}
-        for w in windows:
-            cache = caches.setdefault(w.stream_id, {})
-            for key, x in items(w):
-                hit = cache.get(key)
-                if hit is None or hit[0] is not x:
-                    todo[(w.stream_id, key)] = (x, None)
-        return todo
-
-    @staticmethod
-    def _store(caches: dict, todo: dict, feats: list) -> None:
-        for ((sid, key), (x, _)), f in zip(todo.items(), feats):
-            caches[sid][key] = (x, f)
-
-    def reset_stream(self, stream_id: str) -> None:
-        """Forget cached features (after a reconnect the frame indices start over)."""
-        with self._cond:
-            self._vcache.pop(stream_id, None)
-            self._acache.pop(stream_id, None)
-            self._last_target.pop(stream_id, None)
-            self._prev_maps.pop(stream_id, None)
