@@ -29,8 +29,9 @@ deterministic and a constant map scores exactly 0.5.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from salstream.diffsal.maps import normalize_map, resize_map
 
 EPS = 2.2204e-16  # MATLAB eps, the benchmark's KLD regulariser
 
@@ -50,10 +51,8 @@ def _as_map(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def resize_to(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D map to ``shape`` = (H, W) (no-op when equal)."""
-    if pred.shape == tuple(shape):
-        return pred
-    return cv2.resize(pred.astype(np.float64), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    """A 2-D map at ``shape`` = (H, W) (:func:`salstream.diffsal.maps.resize_map`)."""
+    return resize_map(pred.astype(np.float64), shape)
 
 
 def _pred(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -92,8 +91,7 @@ def _to_distribution(x: np.ndarray, minmax: bool) -> np.ndarray:
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
-    rng = x.max() - x.min()
-    return (x - x.min()) / rng if rng > 0 else np.zeros_like(x)
+    return normalize_map(x, "minmax", dtype=np.float64)
 
 
 def cc(pred: np.ndarray, gt_density: np.ndarray) -> float:

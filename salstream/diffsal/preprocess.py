@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from salstream.diffsal.config import PIXEL_NORMS, ModelConfig
+from salstream.diffsal.maps import normalize_map, resize_map
 from salstream.errors import SalstreamError
 
 
@@ -74,20 +75,18 @@ def preprocess_clip(frames: Sequence[np.ndarray], cfg: ModelConfig) -> torch.Ten
 def postprocess_map(x0: torch.Tensor, size: Optional[Sequence[int]] = None, normalize: bool = False) -> np.ndarray:
     """Model output (B, 1, h, w) -> float32 numpy maps (B, H, W) in [0, 1].
 
-    ``size`` (H, W): bilinear resize (``align_corners=False``) to e.g. the source frame
-    size. Values are clamped to [0, 1]. ``normalize=True`` additionally min-max scales
-    each map to span [0, 1] (how the official code writes prediction images before the
-    metrics); a constant map then becomes all zeros.
+    Values are clamped to [0, 1]. ``size`` (H, W): resized to e.g. the source frame size,
+    and ``normalize=True``: min-max scaled to span [0, 1] (how the official code writes
+    prediction images before the metrics; a constant map becomes all zeros), both by
+    :mod:`salstream.diffsal.maps`.
     """
     if not isinstance(x0, torch.Tensor) or x0.dim() != 4 or x0.shape[1] != 1:
         shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
         raise SalstreamError(f"saliency output must be a tensor (B, 1, h, w), got {shape}")
-    x = x0.detach().to(device="cpu", dtype=torch.float32)
-    if size is not None and tuple(x.shape[-2:]) != (int(size[0]), int(size[1])):
-        x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
-    x = x[:, 0].clamp(0.0, 1.0)
+    maps = x0.detach().to(device="cpu", dtype=torch.float32)[:, 0].numpy()
+    if size is not None:
+        maps = np.stack([resize_map(m, size) for m in maps])
+    maps = np.clip(maps, 0.0, 1.0)
     if normalize:
-        lo = x.amin(dim=(1, 2), keepdim=True)
-        span = x.amax(dim=(1, 2), keepdim=True) - lo
-        x = torch.where(span > 0, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
-    return x.numpy()
+        maps = np.stack([normalize_map(m) for m in maps])
+    return np.ascontiguousarray(maps, dtype=np.float32)

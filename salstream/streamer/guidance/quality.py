@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import av
-import cv2
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
+from salstream.diffsal.maps import normalize_map, resize_map
 from salstream.errors import SalstreamError
 from salstream.streamer.guidance.encoder import (
     MB,
@@ -76,12 +76,7 @@ def rgb_to_luma(image: np.ndarray) -> np.ndarray:
 
 def salient_mask(saliency: np.ndarray, width: int, height: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(weights, mask) at frame size: the map normalised to max 1, and ``weights >= threshold``."""
-    m = np.clip(np.asarray(saliency, np.float32), 0.0, 1.0)
-    if m.shape != (height, width):
-        m = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
-    peak = float(m.max())
-    if peak > 1e-6:
-        m = m / peak
+    m = normalize_map(resize_map(np.clip(np.asarray(saliency, np.float32), 0.0, 1.0), (height, width)), "peak")
     return m, m >= threshold
 
 

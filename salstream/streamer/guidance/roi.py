@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional, Sequence
 
-import cv2
 import numpy as np
 import zmq
 
+from salstream.diffsal.maps import normalize_map, resize_map
 from salstream.errors import SalstreamError
 from salstream.streamer.wire import format as wire
 from salstream.streamer.wire.format import RoiMessage
@@ -239,17 +239,11 @@ class QpMapper:
             raise SalstreamError(f"saliency map must be a 2-D (H, W) array, got shape {m.shape}")
         if not np.all(np.isfinite(m)):
             raise SalstreamError("saliency map contains NaN or infinity; check the engine output")
-        m = np.clip(m, 0.0, 1.0)
-        if self.config.normalize:
-            peak = float(m.max())
-            if peak > 1e-6:
-                m = m / peak
+        m = normalize_map(m, "peak") if self.config.normalize else np.clip(m, 0.0, 1.0)
         b = self.config.block_size
         # Resample the map onto the padded frame grid, then pool each block exactly.
         pw, ph = self.cols * b, self.rows * b
-        if m.shape != (self.height, self.width):
-            m = cv2.resize(m, (self.width, self.height),
-                           interpolation=cv2.INTER_AREA if m.shape[0] > self.height else cv2.INTER_LINEAR)
+        m = resize_map(m, (self.height, self.width))
         if (ph, pw) != m.shape:
             m = np.pad(m, ((0, ph - self.height), (0, pw - self.width)), mode="edge")
         blocks = m.reshape(self.rows, b, self.cols, b)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from salstream.diffsal.maps import normalize_map, resize_map
+
 
 def heatmap(saliency: np.ndarray, size: tuple[int, int], normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(h, w) map in [0, 1] -> (RGB heat image (H, W, 3) uint8, weights (H, W) float32 in [0, 1]).
@@ -11,11 +13,8 @@ def heatmap(saliency: np.ndarray, size: tuple[int, int], normalize: bool = True)
     ``normalize`` stretches each map to [0, 1] first: untrained or low-contrast maps are
     still readable (the wire carries the raw values).
     """
-    m = np.asarray(saliency, np.float32)
-    if normalize:
-        lo, hi = float(m.min()), float(m.max())
-        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-    m = cv2.resize(np.clip(m, 0, 1), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    m = normalize_map(saliency) if normalize else np.asarray(saliency, np.float32)
+    m = np.clip(resize_map(m, size), 0.0, 1.0)
     heat = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), m
 
