@@ -15,7 +15,7 @@ import pytest
 
 from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.live.sources import open_source
-from tests.support.media import burst_onsets, write_test_clip
+from tests.support.media import burst_onsets, collect, write_test_clip
 from tests.support.rtsp import RtspTestServer, system_python
 
 pytestmark = pytest.mark.skipif(system_python() is None,
@@ -43,16 +43,8 @@ def test_rtsp_video_and_audio_arrive_aligned(servers, tmp_path):
     server = servers(file=clip.path)
     src = open_source(server.url, stream_id="door", open_timeout=10, read_timeout=5, reconnect_attempts=0)
     assert src.live and src.has_audio and src.fps == pytest.approx(30, abs=1)
-    frames, chunks, events = [], [], []
-    deadline = time.monotonic() + 20
-    for unit in src:  # the served file ends -> disconnect -> no reconnect allowed -> error, end
-        if isinstance(unit, VideoFrame):
-            frames.append(unit)
-        elif isinstance(unit, AudioChunk):
-            chunks.append(unit)
-        else:
-            events.append(unit)
-        assert time.monotonic() < deadline
+    # the served file ends -> disconnect -> no reconnect allowed -> error, end
+    frames, chunks, events, _ = collect(src, limit_s=20)
     assert [e.kind for e in events] == ["gap", "error", "end"]
     assert len(frames) >= clip.n_frames - 2
     assert np.all(np.diff([f.pts for f in frames]) > 0)

@@ -17,25 +17,9 @@ from salstream.streamer.live.units import AudioChunk, VideoFrame
 from salstream.streamer.live.sources import default_demo_source, open_source
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source
 from salstream.streamer.live.sources.webcam import WebcamSource
-from tests.support.media import burst_onsets, frame_index_from_image, write_test_clip
+from tests.support.media import burst_onsets, collect, frame_index_from_image, write_test_clip
 
 AUDIO_HOP = 0.010  # one STFT hop of the log-mel features: the alignment tolerance
-
-
-def collect(source: Source, limit_s: float = 30.0):
-    frames, chunks, events = [], [], []
-    order = []
-    deadline = time.monotonic() + limit_s
-    for unit in source:
-        order.append(unit)
-        if isinstance(unit, VideoFrame):
-            frames.append(unit)
-        elif isinstance(unit, AudioChunk):
-            chunks.append(unit)
-        else:
-            events.append(unit)
-        assert time.monotonic() < deadline, "source did not finish in time"
-    return frames, chunks, events, order
 
 
 def audio_of(chunks: list[AudioChunk]) -> np.ndarray:

@@ -6,12 +6,16 @@ the top-left corner encodes the frame index as a grey level, so reordering is vi
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from salstream.streamer.live.units import AudioChunk, VideoFrame
 
 DARK, BRIGHT = 40, 235
 
@@ -134,3 +138,20 @@ def burst_onsets(samples: np.ndarray, rate: int, threshold: float = 0.25, min_ga
             onsets.append(i / rate)
         last = i
     return onsets
+
+
+def collect(source, limit_s: float = 30.0):
+    """Iterate a source to its end: (frames, audio chunks, events, all units in order)."""
+    frames, chunks, events = [], [], []
+    order = []
+    deadline = time.monotonic() + limit_s
+    for unit in source:
+        order.append(unit)
+        if isinstance(unit, VideoFrame):
+            frames.append(unit)
+        elif isinstance(unit, AudioChunk):
+            chunks.append(unit)
+        else:
+            events.append(unit)
+        assert time.monotonic() < deadline, "source did not finish in time"
+    return frames, chunks, events, order
