@@ -53,7 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-model", action="store_true", help="leave out the model-level part")
     g.add_argument("--skip-pipeline", action="store_true", help="leave out the pipeline-level part")
     g.add_argument("--no-gpu", action="store_true", help="leave out the GPU part even when a GPU is present")
-    g.add_argument("--cache-root", default=None, help="where ONNX exports are cached (default out/engines)")
+    g.add_argument("--cache-root", default=None, help="where ONNX exports are cached (default: the user cache, ~/.cache/salstream/engines)")
 
     m = p.add_argument_group("model level")
     m.add_argument("--profiles", type=_names, default=None, help="profiles to measure (default lite,full)")
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         return _render(Path(args.render), args)
 
     import torch
+
     from salstream.engines.onnxruntime_engine import physical_cores
     threads = args.threads or (1 if args.quick else physical_cores())
     torch.set_num_threads(threads)
@@ -211,7 +212,8 @@ def _render(run_dir: Path, args) -> int:
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SalstreamError(f"--render {run_dir}: cannot read {path} ({exc}); give a directory a bench run wrote")
+        raise SalstreamError(f"--render {run_dir}: cannot read {path} ({exc}); give a directory a bench run wrote") \
+            from None
     one = next((r for r in (result.get("pipeline") or {}).get("runs", [])
                 if r.get("streams") == 1 and "skipped" not in r), None)
     if one is not None:   # the wording of the goal check may have improved since the run

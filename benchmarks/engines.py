@@ -32,13 +32,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-
+from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.diffsal.inference import encode_window, predict_from_features  # noqa: E402
 from salstream.errors import EngineUnavailable  # noqa: E402
-from salstream.runtime import make_engine  # noqa: E402
-from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
 from salstream.export.parity import map_cc  # noqa: E402
+from salstream.runtime import make_engine  # noqa: E402
 
 
 def timings(fn: Callable[[], Any], iters: int, warmup: int) -> dict[str, float]:

@@ -27,7 +27,6 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-
 from salstream.diffsal import create_model  # noqa: E402
 from salstream.diffsal.models.base import stack_time  # noqa: E402
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from salstream.diffsal.checkpoint import load_model  # noqa: E402
 from salstream.diffsal.datasets.layout import load_videos  # noqa: E402
 from salstream.diffsal.datasets.synthetic import write_synthetic  # noqa: E402

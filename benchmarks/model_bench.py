@@ -19,8 +19,8 @@ same process on the same inputs and its maps can be compared with ours for ident
 from __future__ import annotations
 
 import copy
-import functools
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod
-from salstream.errors import SalstreamError
-from salstream.diffsal.inference import predict_from_features
 from salstream.diffsal.features import FeatureCache, cat_batch
+from salstream.diffsal.inference import predict_from_features
+from salstream.errors import SalstreamError
 
 from .report import load_average, stats
 
@@ -62,7 +62,7 @@ class ModelBenchOptions:
     gpu: bool = True
     gpu_batches: Sequence[int] = (1, 4)
     gpu_repeats: int = 20
-    cache_root: Optional[str] = None              # where ONNX exports are cached (default out/engines)
+    cache_root: Optional[str] = None              # where ONNX exports are cached (default: the user cache)
     seed: int = 0
     models: dict[str, torch.nn.Module] = field(default_factory=dict)  # profile -> ready model (tests, embedding)
     engine_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine -> extra factory arguments
@@ -401,7 +401,7 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
     cold_ms, warm_ms, ccs = [], [], []
     prev = None
     with torch.inference_mode():
-        for i in range(windows + 1):          # window 0 only seeds the warm chain
+        for _ in range(windows + 1):          # window 0 only seeds the warm chain
             v, a = maker.features()
             noise = maker.noise().to(device)
             _sync(device)
@@ -429,9 +429,10 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
 
 def _flops(model: torch.nn.Module) -> dict[str, float]:
     """GFLOPs of one call of each graph at batch 1 (torch FLOP counter, as benchmarks/lite_cost.py)."""
-    from .lite_cost import count_gflops
     from salstream.artifacts.graphs import example_window
     from salstream.diffsal.inference import encode_window
+
+    from .lite_cost import count_gflops
     cfg = model.config
     video, audio = example_window(cfg, 1)
     with torch.no_grad():

@@ -23,8 +23,6 @@ import platform
 import sys
 from pathlib import Path
 
-
-
 from benchmarks.pipeline_bench import run_pipeline  # noqa: E402  (one measuring loop for every pipeline benchmark)
 from salstream.runtime import load_engine  # noqa: E402
 

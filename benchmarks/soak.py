@@ -38,7 +38,6 @@ from typing import Optional
 
 import numpy as np
 
-
 from salstream.runtime import load_engine  # noqa: E402
 from salstream.streamer.live.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from salstream.streamer.wire.subscriber import Subscriber  # noqa: E402

@@ -19,6 +19,27 @@ from salstream.errors import SalstreamError
 log = logging.getLogger("salstream.runtime")
 
 
+AUTO = "auto"
+
+
+def choose_engine() -> tuple[str, str]:
+    """The fastest engine this machine can run, and why: a GPU engine when a usable CUDA GPU and
+    runtime are present, else ONNX Runtime on the CPU, else eager PyTorch."""
+    if torch.cuda.is_available():
+        try:
+            import onnxruntime as ort
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                return "ort-cuda", "a CUDA GPU and onnxruntime-gpu are present"
+        except ImportError:
+            pass
+        return "torch-cuda", "a CUDA GPU is present (install salstream[gpu] for ONNX Runtime on it)"
+    try:
+        import onnxruntime  # noqa: F401
+        return "ort-cpu", "no CUDA GPU; ONNX Runtime runs the graphs ~3x faster than eager PyTorch on a CPU"
+    except ImportError:
+        return "torch", "no CUDA GPU and no ONNX Runtime"
+
+
 def _check_runtime(name: str) -> None:
     """Fail with one line before any export when the engine's runtime or device is missing."""
     if name.startswith("ort-"):
@@ -80,10 +101,11 @@ def resolve_weights(profile: str, checkpoint: Optional[str]) -> Optional[str]:
     return str(bundled) if bundled is not None else None
 
 
-def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: Optional[int] = None,
+def load_engine(profile: str, checkpoint: Optional[str], engine: str = AUTO, threads: Optional[int] = None,
                 artifacts: Optional[str] = None, cache_root: Optional[str] = None):
     """The engine for ``profile``: the given checkpoint, else the bundled weights, else untrained.
 
+    ``engine``: a registered name, or ``"auto"`` (:func:`choose_engine`).
     ``artifacts``: a ``salstream export`` directory for the exported-graph engines; they
     refuse graphs of another checkpoint, profile or set of weights. Returns ``(engine, weights path)``.
     """
@@ -93,6 +115,9 @@ def load_engine(profile: str, checkpoint: Optional[str], engine: str, threads: O
 
     if profile not in available_profiles():
         raise SalstreamError(f"--profile {profile}: choose one of {', '.join(available_profiles())}")
+    if engine == AUTO:
+        engine, why = choose_engine()
+        log.info("engine: %s (%s; --engine overrides)", engine, why)
     if engine not in available_engines():
         raise SalstreamError(f"--engine {engine}: choose one of {', '.join(available_engines())}")
     if artifacts is not None and engine not in EXPORTED_GRAPH_ENGINES:

@@ -16,6 +16,15 @@ from tests.support.tiny_models import TinySaliency, tiny_config, tiny_model
 register_profile("tiny", tiny_config)(TinySaliency)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_export_cache(tmp_path_factory):
+    """Graphs exported during the tests go to a throw-away cache, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SALSTREAM_CACHE", str(tmp_path_factory.mktemp("salstream-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def engine():
     """The small lite engine, run with one torch thread for the whole test module."""

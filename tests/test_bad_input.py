@@ -7,19 +7,17 @@ import dataclasses
 import pytest
 import torch
 
-from tests.support.tiny_models import TinySaliency, tiny_config, tiny_model
-
-from salstream.diffsal.checkpoint import save_checkpoint  # noqa: E402
-from salstream.errors import SalstreamError  # noqa: E402
-from salstream.diffsal.registry import _BUILDERS, register_profile  # noqa: E402
-from salstream.export.onnx_export import export_onnx  # noqa: E402
-
 from salstream import cli as cli  # noqa: E402
+from salstream.diffsal.checkpoint import save_checkpoint  # noqa: E402
+from salstream.diffsal.registry import _BUILDERS, register_profile  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
 from salstream.streamer.live.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from salstream.streamer.overlay.recording import OverlayRecording  # noqa: E402
 from salstream.streamer.wire.publisher import Publisher  # noqa: E402
 from tests.support.media import write_test_clip  # noqa: E402
 from tests.support.rtsp import free_port  # noqa: E402
+from tests.support.tiny_models import TinySaliency, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +64,7 @@ CASES = {
     "graphs of another checkpoint": (lambda f: ["--profile", "tiny", "--checkpoint", str(f["tiny_other"]),
                                                 "--engine", "ort-cpu", "--artifacts", str(f["graphs"])],
                                      "graphs", "re-export"),
-    "graphs with the torch engine": (lambda f: ["--checkpoint", str(f["ckpt"]), "--artifacts", str(f["graphs"])],
+    "graphs with the torch engine": (lambda f: ["--checkpoint", str(f["ckpt"]), "--artifacts", str(f["graphs"]), "--engine", "torch"],
                                      "--artifacts", "--engine ort-cpu"),
     "audio-only mode without audio": (lambda f: ["--checkpoint", str(f["ckpt"]), "--mode", "audio"],
                                       "audio-only", "--mic"),

@@ -17,8 +17,13 @@ import torch
 
 # benchmarks/ is part of the checkout, not of the installed packages
 from benchmarks import cli as bench_cli  # noqa: E402
-from benchmarks.model_bench import (ModelBenchOptions, load_subject, official_style_window,  # noqa: E402
-                                    run_model_bench, smooth_clip)
+from benchmarks.model_bench import (  # noqa: E402
+    ModelBenchOptions,
+    load_subject,
+    official_style_window,
+    run_model_bench,
+    smooth_clip,
+)
 from benchmarks.pipeline_bench import explain_goal  # noqa: E402
 from benchmarks.report import stats, write_json  # noqa: E402
 from tests.support.pipeline import one_torch_thread
@@ -142,9 +147,8 @@ def test_official_style_sampler_gives_our_maps():
 
 
 def test_model_bench_on_onnx_runtime_and_a_missing_engine(tmp_path):
-    from tests.support.tiny_models import tiny_model
-
     from salstream.export.onnx_export import export_onnx
+    from tests.support.tiny_models import tiny_model
 
     model = tiny_model()
     # the TorchScript exporter takes a fraction of a second on this tiny network (dynamo: ~15 s)

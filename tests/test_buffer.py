@@ -7,8 +7,8 @@ import torch
 
 from salstream.diffsal import audio as afeat
 from salstream.diffsal.config import AudioConfig, ModelConfig
-from salstream.errors import SalstreamError
 from salstream.diffsal.preprocess import preprocess_frame
+from salstream.errors import SalstreamError
 from salstream.streamer.live.assembler import AUDIO_RATE, AudioRing, WindowAssembler
 from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 

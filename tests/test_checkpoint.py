@@ -5,9 +5,9 @@ from torch import nn
 
 from salstream.diffsal.checkpoint import file_sha256, load_model, load_state, read_metadata, save_checkpoint
 from salstream.diffsal.config import ModelConfig
-from salstream.errors import CheckpointError
 from salstream.diffsal.models.base import SaliencyModel
 from salstream.diffsal.registry import register_profile
+from salstream.errors import CheckpointError
 
 
 class _Tiny(SaliencyModel):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from salstream.cli import main as cli_main
 from salstream.diffsal.checkpoint import load_state, read_metadata
 from salstream.diffsal.convert import AUDIO_PREFIXES, convert_official
 from salstream.errors import CheckpointError
-from salstream.cli import main as cli_main
 
 KEYS: dict[str, list[int]] = json.loads(
     (Path(__file__).parent / "data" / "official_keys.json").read_text())

@@ -7,8 +7,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from salstream.diffsal.datasets import layout as L
-from salstream.diffsal.datasets.synthetic import (SPLIT_SEEDS, SPLIT_SPAN, SyntheticClip, split_seed,
-                                        write_synthetic)
+from salstream.diffsal.datasets.synthetic import SPLIT_SEEDS, SPLIT_SPAN, SyntheticClip, split_seed, write_synthetic
 
 
 # ---------------------------------------------------------------------- generator
@@ -133,7 +132,7 @@ def test_tone_pitch_follows_source_height_and_timbre_its_horizontal_position():
 
 def test_splits_use_disjoint_seed_ranges():
     ranges = sorted((SPLIT_SEEDS[s], SPLIT_SEEDS[s] + SPLIT_SPAN) for s in SPLIT_SEEDS)
-    for (a0, a1), (b0, _) in zip(ranges, ranges[1:]):
+    for (_, a1), (b0, _) in zip(ranges, ranges[1:]):
         assert a1 <= b0
     assert split_seed("test", 3) == SPLIT_SEEDS["test"] + 3
     with pytest.raises(ValueError, match="unknown split"):

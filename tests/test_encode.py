@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from av.sidedata.sidedata import Type as SideDataType
 
+from salstream.cli import main as cli_main
 from salstream.diffsal.datasets.synthetic import SyntheticClip
 from salstream.errors import SalstreamError
-from salstream.cli import main as cli_main
 from salstream.streamer.align import FrameMapAligner
 from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, RoiTagger, parse_bitrate
 from salstream.streamer.guidance.quality import encode_clip, encode_matched, measure_region_quality
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.guidance.roi import Region, RoiConfig, regions_to_struct
+from salstream.streamer.live.units import VideoFrame
 
 W, H = 256, 128
 
@@ -268,7 +268,8 @@ def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
     t.start()
     try:
         rc = cli_main(["encode", "--source", "synthetic:3", "--out", str(tmp_path / "p.mp4"), "--bitrate", "150k",
-                       "--saliency-guided", "--frames", "20", "--steps", "1", "--publish", address, "--json"])
+                       "--saliency-guided", "--frames", "20", "--steps", "1", "--publish", address, "--json",
+                       "--engine", "torch"])
     finally:
         stop.set()
         t.join()

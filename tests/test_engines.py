@@ -7,17 +7,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.support.tiny_models import tiny_model
-
-from salstream.diffsal.config import MODES  # noqa: E402
-from salstream.errors import SalstreamError  # noqa: E402
-from salstream.diffsal.inference import predict_window  # noqa: E402
-from salstream.engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
-from salstream.runtime import make_engine
-from salstream.engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
 from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.artifacts.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from salstream.diffsal.config import MODES  # noqa: E402
+from salstream.diffsal.inference import predict_window  # noqa: E402
+from salstream.engines import EngineUnavailable, available_engines, create_engine  # noqa: E402
+from salstream.engines.onnxruntime_engine import OrtEngine, physical_cores, session_options  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
+from salstream.runtime import make_engine
+from tests.support.tiny_models import tiny_model
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -173,8 +172,8 @@ def test_real_profiles_ort_cpu_equal_torch_per_mode(profile, tmp_path):
 
 
 def test_int8_quantised_graphs_run_and_stay_close(tiny_exports, tmp_path):
-    from salstream.export.quantize import quantize_export
     from salstream.export.parity import map_cc
+    from salstream.export.quantize import quantize_export
     model, d = tiny_exports[True]
     q = quantize_export(d, tmp_path / "int8", op_types=("MatMul", "Gemm", "Conv"))
     manifest = read_manifest(q)

@@ -10,14 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.support.tiny_models import tiny_model
-
-from salstream.errors import SalstreamError  # noqa: E402
-from salstream.engines import create_engine  # noqa: E402
 from salstream.artifacts.graphs import DENOISE_GRAPHS  # noqa: E402
 from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
-from salstream.export.onnx_export import export_onnx  # noqa: E402
 from salstream.cli.export import check_parity  # noqa: E402
+from salstream.engines import create_engine  # noqa: E402
+from salstream.errors import SalstreamError  # noqa: E402
+from salstream.export.onnx_export import export_onnx  # noqa: E402
+from tests.support.tiny_models import tiny_model
 
 
 @pytest.mark.parametrize("per_frame", [True, False])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from salstream.diffsal.models.unet import (MAMBlock, Readout, SaliencyUNet, timestep_embedding)
+from salstream.diffsal.models.unet import MAMBlock, Readout, SaliencyUNet, timestep_embedding
 
 # Small decoder inputs: map 64×128 -> grids 2×4 (/32), 4×8 (/16), 8×16 (/8). At least two
 # keys per frame at every stage (a 1×1 key grid would make the attention ignore its keys).
@@ -304,6 +304,7 @@ def test_rel_pos_cache_follows_weight_updates():
 def test_state_dict_names_and_shapes_equal_the_official_checkpoint():
     import json
     from pathlib import Path
+
     from salstream.diffsal.models.full import FullDiffSal, full_config
     ref = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())
     with torch.device("meta"):
@@ -340,6 +341,7 @@ def test_parameter_counts_match_the_spec():
 
 def _small_config():
     import dataclasses
+
     from salstream.diffsal.config import AudioConfig
     from salstream.diffsal.models.full import full_config
     return dataclasses.replace(full_config(), input_size=(H, W), map_size=(H, W),
@@ -416,8 +418,8 @@ def test_ddim_is_deterministic_given_a_seed_and_runs_any_step_count(small_model,
 
 @torch.inference_mode()
 def test_modes_and_input_errors(small_model, small_inputs):
-    from salstream.errors import SalstreamError
     from salstream.diffsal.inference import predict_window
+    from salstream.errors import SalstreamError
     video, audio = small_inputs
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     v_only = predict_window(small_model, video, None, "video", steps=4, generator=g())
@@ -443,8 +445,9 @@ def test_registry_builds_the_full_profile():
         (16, 8, (224, 384), (224, 384), "av", 4)
     assert cfg.audio.slice_size == (112, 192) and not cfg.per_frame_video
     with pytest.raises(ValueError, match="half of input_size"):
-        from salstream.diffsal.models.full import FullDiffSal
         import dataclasses
+
+        from salstream.diffsal.models.full import FullDiffSal
         FullDiffSal(dataclasses.replace(cfg, input_size=(64, 128), map_size=(64, 128)))
 
 

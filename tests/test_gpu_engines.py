@@ -1,16 +1,14 @@
 """GPU engines against FP32 PyTorch. Skipped where there is no CUDA device (or runtime)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from tests.support.tiny_models import tiny_model
-
+from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.diffsal.config import MODES  # noqa: E402
 from salstream.diffsal.inference import predict_window  # noqa: E402
-from salstream.artifacts.graphs import example_noise, example_window  # noqa: E402
 from salstream.export.parity import map_cc  # noqa: E402
+from tests.support.tiny_models import tiny_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -13,12 +13,12 @@ from salstream.diffsal import audio as A
 from salstream.diffsal import create_model, default_config
 from salstream.diffsal.checkpoint import load_model, save_checkpoint
 from salstream.diffsal.config import ModelConfig
-from salstream.errors import CheckpointError, SalstreamError
 from salstream.diffsal.inference import encode_window, predict_from_features, predict_window
 from salstream.diffsal.models import backbones
 from salstream.diffsal.models.base import stack_time
 from salstream.diffsal.models.lite import AudioVisualSync, LiteDiffSal, TemporalMix, interpolation_weights
 from salstream.diffsal.preprocess import preprocess_frame
+from salstream.errors import CheckpointError, SalstreamError
 
 # A small but structurally identical variant (grids 4×6, 8×12, 16×24; map 32×48) keeps tests fast.
 SMALL = dict(input_size=(128, 192), map_size=(32, 48))

@@ -10,9 +10,9 @@ import wave
 import numpy as np
 import pytest
 
-from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.live.sources import open_source
 from salstream.streamer.live.sources.microphone import Microphone, MicrophoneSource, MicrophoneUnavailable
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from tests.support.alsa import write_capture_device
 from tests.support.media import write_test_clip
 

@@ -10,16 +10,16 @@ import torch
 
 from salstream.diffsal import audio as afeat
 from salstream.errors import SalstreamError
-from tests.support.pipeline import SlowEngine
-from salstream.streamer.wire import format as wire
 from salstream.streamer.live.assembler import WindowAssembler
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
-from salstream.streamer.overlay.recording import OverlayRecording
-from salstream.streamer.wire.publisher import Publisher
 from salstream.streamer.live.sources import open_source
+from salstream.streamer.live.units import VideoFrame
+from salstream.streamer.overlay.recording import OverlayRecording
+from salstream.streamer.wire import format as wire
+from salstream.streamer.wire.publisher import Publisher
 from salstream.streamer.wire.subscriber import Subscriber
 from tests.support.media import write_test_clip
+from tests.support.pipeline import SlowEngine
 from tests.support.rtsp import RtspTestServer, system_python
 
 HOP_S = afeat.slice_hop_samples() / afeat.SAMPLE_RATE

@@ -12,12 +12,11 @@ import av
 import numpy as np
 import pytest
 
-
 from salstream import cli as cli
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
 from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.overlay.recording import OverlayRecorder, OverlayRecording
 from salstream.streamer.overlay.render import blend, heatmap
-from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
 from salstream.streamer.wire.subscriber import Subscriber
 from tests.support.media import write_test_clip
 
@@ -77,7 +76,7 @@ def test_signal_finishes_cleanly_with_a_playable_recording(sig, small_checkpoint
     proc = subprocess.Popen(
         [sys.executable, "-m", "salstream", "run", "--source", str(clip.path), "--checkpoint",
          str(small_checkpoint), "--record", str(record), "--publish", f"tcp://127.0.0.1:{port}", "--steps", "1",
-         "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--threads", "1", "--engine", "torch"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
             got = [sub.recv_map(timeout=90)]

@@ -7,8 +7,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from salstream.diffsal.config import PIXEL_NORMS, ModelConfig
-from salstream.errors import SalstreamError
 from salstream.diffsal.preprocess import postprocess_map, preprocess_clip, preprocess_frame
+from salstream.errors import SalstreamError
 
 
 def cfg(norm: str = "tf", size=(48, 80)) -> ModelConfig:

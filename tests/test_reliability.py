@@ -19,16 +19,15 @@ import numpy as np
 import pytest
 import zmq
 
-from salstream.errors import SalstreamError
-
 from salstream import cli
-from salstream.streamer.wire import format as wire
-from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
-from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher, _is_loopback
 from salstream.cli.run import add_parser
+from salstream.errors import SalstreamError
+from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
 from salstream.streamer.live.sources import open_source
 from salstream.streamer.live.sources.synthetic import SyntheticSource
 from salstream.streamer.live.sources.webcam import WebcamSource
+from salstream.streamer.wire import format as wire
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher, _is_loopback
 from salstream.streamer.wire.subscriber import Subscriber
 from tests.support.media import write_test_clip
 from tests.support.process import open_descriptors, settled
@@ -258,7 +257,7 @@ def test_cli_exits_1_when_the_input_fails_for_good(small_checkpoint, tmp_path, c
     monkeypatch.setattr(Pipeline, "_open_sources",
                         lambda self: [WebcamSource(str(clip.path), retries=2, retry_delay=0.01)])
     code = cli.main(["run", "--checkpoint", str(small_checkpoint), "--steps", "1", "--publish",
-                     "tcp://127.0.0.1:*", "--no-record", "--threads", "1", "-q"])
+                     "tcp://127.0.0.1:*", "--no-record", "--threads", "1", "--engine", "torch", "-q"])
     out, err = capsys.readouterr()
     assert code == 1 and "maps in" in out
     lines = [ln for ln in err.splitlines() if ln.startswith("salstream run: error: stream 0:")]
@@ -276,7 +275,7 @@ def test_signal_during_a_live_rtsp_run_exits_0_playable_and_leak_free(sig, strea
     port = free_port()
     argv = ["run", "--source", server.url] + (["--source", str(clip.path)] if streams == 2 else []) + [
         "--checkpoint", str(small_checkpoint), "--record", str(record), "--publish", f"tcp://127.0.0.1:{port}",
-        "--steps", "1", "--threads", "1", "--no-frames"]
+        "--steps", "1", "--threads", "1", "--no-frames", "--engine", "torch"]
     zmq.Context.instance()                   # the shared context (and its I/O thread) outlives any run
     threads_before = set(threading.enumerate())
     sockets_before = open_descriptors()[1]

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from salstream.errors import SalstreamError
-from salstream.streamer.guidance.roi import (QP_RANGE, ROI_STRUCT, QpMap, QpMapper, Region, RoiConfig, RoiPublisher,
-                                            regions_to_struct)
+from salstream.streamer.guidance.roi import (
+    QP_RANGE,
+    ROI_STRUCT,
+    QpMap,
+    QpMapper,
+    Region,
+    RoiConfig,
+    RoiPublisher,
+    regions_to_struct,
+)
 from salstream.streamer.wire import format as wire
 from salstream.streamer.wire.format import RoiMessage, WireError
 

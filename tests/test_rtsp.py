@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.live.sources import open_source
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from tests.support.media import burst_onsets, collect, write_test_clip
 from tests.support.rtsp import RtspTestServer, system_python
 

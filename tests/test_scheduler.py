@@ -10,10 +10,10 @@ import torch
 
 from salstream.diffsal.diffusion import DDIMScheduler
 from salstream.diffsal.inference import predict_window
-from tests.support.pipeline import SlowEngine
 from salstream.streamer.live.assembler import AUDIO_RATE, WindowAssembler
-from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.live.scheduler import Scheduler
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
+from tests.support.pipeline import SlowEngine
 
 FPS = 30.0
 

@@ -13,10 +13,10 @@ import pytest
 
 from salstream.diffsal.datasets.synthetic import SyntheticClip
 from salstream.errors import SalstreamError
-from salstream.streamer.live.units import AudioChunk, VideoFrame
 from salstream.streamer.live.sources import default_demo_source, open_source
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source
 from salstream.streamer.live.sources.webcam import WebcamSource
+from salstream.streamer.live.units import AudioChunk, VideoFrame
 from tests.support.media import burst_onsets, collect, frame_index_from_image, write_test_clip
 
 AUDIO_HOP = 0.010  # one STFT hop of the log-mel features: the alignment tolerance

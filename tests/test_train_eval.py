@@ -10,8 +10,15 @@ from salstream.diffsal import metrics as M
 from salstream.diffsal.checkpoint import load_model, save_checkpoint
 from salstream.diffsal.datasets.layout import load_videos
 from salstream.diffsal.datasets.synthetic import write_synthetic
-from salstream.diffsal.evaluate import (BASELINE, DEFAULT_CHECKPOINT, METRIC_NAMES, centre_prior, evaluate, markdown_table,
-                              write_report)
+from salstream.diffsal.evaluate import (
+    BASELINE,
+    DEFAULT_CHECKPOINT,
+    METRIC_NAMES,
+    centre_prior,
+    evaluate,
+    markdown_table,
+    write_report,
+)
 from salstream.diffsal.registry import create_model, default_config
 from salstream.diffsal.train import TrainOptions, pick_mode, train
 
@@ -145,8 +152,9 @@ def test_evaluation_report_has_every_metric_mode_and_baseline(tmp_path, tiny_dat
 
 
 def test_video_only_dataset_is_scored_in_video_mode_only(tmp_path):
-    from salstream.diffsal.datasets.layout import load_dhf1k
     from PIL import Image
+
+    from salstream.diffsal.datasets.layout import load_dhf1k
     from salstream.diffsal.datasets.synthetic import SyntheticClip
     clip = SyntheticClip(1, width=128, height=64, n_frames=10)
     for i in range(10):
@@ -269,14 +277,15 @@ def test_staged_training_moves_only_the_named_parts(tmp_path, tiny_data):
 
 
 def test_staged_training_refuses_frozen_parts_missing_from_the_checkpoint(tmp_path):
-    from salstream.errors import SalstreamError
     from salstream.diffsal.train import freeze_all_but, load_initial_weights
+    from salstream.errors import SalstreamError
     src = create_model(tiny_config())
     path = save_checkpoint(src, tmp_path / "s.safetensors")
     model = create_model(tiny_config())
     freeze_all_but(model, ["logits"])
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("audio_prior.")}
     from safetensors.torch import save_file
+
     from salstream.diffsal.checkpoint import read_metadata
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"),
               metadata=read_metadata(path))

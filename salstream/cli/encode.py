@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Optional
 
 from salstream.errors import SalstreamError
-
 from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, parse_bitrate
 from salstream.streamer.guidance.roi import RoiConfig, RoiPublisher
 from salstream.streamer.guidance.session import LiveEncodeSession
@@ -42,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     src.add_argument("--truth", action="store_true", help="synthetic sources only: use the ground-truth density")
     p.add_argument("--profile", default="lite", help="model profile for the in-process pipeline (default lite)")
     p.add_argument("--checkpoint", default=None, help="weights for the in-process pipeline (default: bundled)")
-    p.add_argument("--engine", default="torch", help="engine for the in-process pipeline (default torch)")
+    p.add_argument("--engine", default="auto", help="engine for the in-process pipeline (default auto: the fastest "
+                   "available, as for `salstream run`)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556",
                    help="where the in-process pipeline publishes maps and roi/<stream> messages")

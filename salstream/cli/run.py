@@ -29,8 +29,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "DiffSal, GPU); default: %(default)s")
     p.add_argument("--checkpoint", default=None, help="model weights (.safetensors); default: the bundled lite "
                    "weights when present, else an untrained model (with a warning)")
-    p.add_argument("--engine", default="torch", help="inference backend: torch, or an exported-graph engine such as "
-                   "ort-cpu (see engines/); default: %(default)s")
+    p.add_argument("--engine", default="auto", help="inference backend: auto (default: a GPU engine when a usable "
+                   "GPU is present, else ort-cpu, exported once and cached, else torch), or one of torch, ort-cpu, "
+                   "ort-cuda, ort-trt, tensorrt, torch-cuda")
     p.add_argument("--artifacts", default=None, metavar="DIR",
                    help="graphs written by `salstream export` for an exported-graph engine (--engine ort-cpu, …); "
                         "they must come from the same checkpoint (default: export once and cache)")

@@ -17,9 +17,8 @@ from typing import Optional
 import numpy as np
 
 from salstream.errors import SalstreamError
-
-from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 from salstream.streamer.wire.format import FrameMessage, MapHeader, MapMessage, WireError
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
 log = logging.getLogger("salstream.view")
 

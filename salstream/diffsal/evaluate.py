@@ -29,8 +29,13 @@ import torch
 from salstream.diffsal import metrics as M
 from salstream.diffsal.config import MODES
 from salstream.diffsal.datasets.layout import Video
-from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
-                               window_frame_indices)
+from salstream.diffsal.datasets.windows import (
+    WindowSource,
+    first_full_target,
+    last_full_target,
+    lite_slice_indices,
+    window_frame_indices,
+)
 from salstream.diffsal.features import FeatureCache, cat_batch
 from salstream.errors import SalstreamError
 
@@ -180,7 +185,7 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
                     g = torch.Generator().manual_seed(seed * 1_000_003 + vi * 10_007 + b0)
                     x0 = predict_from_features(runner, v, a, len(tb), steps, generator=g)
                     preds[mode] = postprocess_map(x0)
-                for k, t in enumerate(tb):
+                for k in range(len(tb)):
                     if dens[k].sum() <= 0:
                         continue  # an empty ground-truth map has nothing to score (official code skips it)
                     for mode in ds_modes:

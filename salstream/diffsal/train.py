@@ -36,12 +36,17 @@ import torch
 
 from salstream.diffsal.config import MODES
 from salstream.diffsal.datasets.layout import Video
-from salstream.diffsal.datasets.windows import (WindowSource, first_full_target, last_full_target, lite_slice_indices,
-                               window_frame_indices)
+from salstream.diffsal.datasets.windows import (
+    WindowSource,
+    first_full_target,
+    last_full_target,
+    lite_slice_indices,
+    window_frame_indices,
+)
 from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, add_noise, cosine_alphas_cumprod
 from salstream.diffsal.features import FeatureCache
-from salstream.errors import SalstreamError
 from salstream.diffsal.models.base import stack_time
+from salstream.errors import SalstreamError
 
 GT_JITTER = 0.01
 
@@ -482,9 +487,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def load_training_data(args) -> tuple[list[Video], list[Video]]:
-    from salstream.diffsal.evaluate import default_data_root
     from salstream.diffsal.datasets.layout import load_videos
     from salstream.diffsal.datasets.synthetic import write_synthetic
+    from salstream.diffsal.evaluate import default_data_root
     if args.data == "synthetic":
         root = (args.data_root or default_data_root()) / "synthetic"
         write_synthetic(root, {"train": args.train_clips, "val": args.val_clips}, n_frames=args.clip_frames,

@@ -18,12 +18,19 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from salstream.errors import SalstreamError
 from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, flat_denoise_inputs, mode_of
-from salstream.artifacts.manifest import (GraphSpec, Manifest, TensorSpec, check_identity, file_sha256, read_manifest,
-                             verify_files, weights_sha256)
-
+from salstream.artifacts.manifest import (
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    check_identity,
+    file_sha256,
+    read_manifest,
+    verify_files,
+    weights_sha256,
+)
 from salstream.engines.base import Engine, EngineUnavailable, register_engine
+from salstream.errors import SalstreamError
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}

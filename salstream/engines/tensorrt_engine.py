@@ -13,7 +13,14 @@ from typing import Any, Callable, Optional
 import torch
 
 from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, flat_denoise_inputs, mode_of
-from salstream.artifacts.manifest import Manifest, check_identity, file_sha256, read_manifest, verify_files, weights_sha256
+from salstream.artifacts.manifest import (
+    Manifest,
+    check_identity,
+    file_sha256,
+    read_manifest,
+    verify_files,
+    weights_sha256,
+)
 from salstream.artifacts.tensorrt import TRT_SUBDIR, import_torch_tensorrt
 from salstream.engines.base import Engine, register_engine
 from salstream.errors import SalstreamError

@@ -17,9 +17,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from salstream.artifacts.graphs import (AudioEncoderGraph, DenoiseGraph, VideoEncoderGraph, denoise_args, flatten_args, mode_of,
-                           rebuild_args)
-
+from salstream.artifacts.graphs import (
+    AudioEncoderGraph,
+    DenoiseGraph,
+    VideoEncoderGraph,
+    denoise_args,
+    flatten_args,
+    mode_of,
+    rebuild_args,
+)
 from salstream.engines.base import Engine, EngineUnavailable, register_engine
 
 

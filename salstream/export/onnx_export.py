@@ -18,14 +18,37 @@ import onnx
 import torch
 from torch import nn
 
+from salstream.artifacts.graphs import (
+    AUDIO_GRAPH,
+    DENOISE_GRAPHS,
+    VIDEO_GRAPH,
+    AudioEncoderGraph,
+    DenoiseGraph,
+    FlatInputs,
+    VideoEncoderGraph,
+    as_tuple,
+    audio_feature_names,
+    count_outputs,
+    denoise_args,
+    denoise_io,
+    example_window,
+    flatten_args,
+    needs_audio,
+    needs_video,
+    video_feature_names,
+)
+from salstream.artifacts.manifest import (
+    BATCH_AXIS,
+    MANIFEST_NAME,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    file_sha256,
+    weights_sha256,
+)
 from salstream.diffsal.config import MODES
-from salstream.errors import SalstreamError
 from salstream.diffsal.inference import check_mode, encode_window
-
-from salstream.artifacts.graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph, DenoiseGraph, FlatInputs,
-                     VideoEncoderGraph, as_tuple, audio_feature_names, count_outputs, denoise_args, denoise_io,
-                     example_window, flatten_args, needs_audio, needs_video, video_feature_names)
-from salstream.artifacts.manifest import (BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec, file_sha256, weights_sha256)
+from salstream.errors import SalstreamError
 
 log = logging.getLogger("salstream")
 

@@ -15,11 +15,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from salstream.diffsal.inference import encode_window, predict_window
-from salstream.diffsal.metrics import cc
-
 from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH, as_tuple, example_noise, example_window
 from salstream.artifacts.manifest import weights_sha256
+from salstream.diffsal.inference import encode_window, predict_window
+from salstream.diffsal.metrics import cc
 
 FP32_TOLERANCE = 1e-3   # end-to-end map, max abs (the project's stated FP32 bound)
 FP16_MIN_CC = 0.99

@@ -12,9 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from salstream.errors import SalstreamError
-
 from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from salstream.errors import SalstreamError
 
 DEFAULT_OPS = ("MatMul", "Gemm")
 

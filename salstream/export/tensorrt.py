@@ -15,9 +15,23 @@ from typing import Callable, Optional
 
 import torch
 
-from salstream.artifacts.graphs import (AUDIO_GRAPH, DENOISE_GRAPHS, VIDEO_GRAPH, AudioEncoderGraph, DenoiseGraph,
-                                        FlatInputs, VideoEncoderGraph, as_tuple, audio_feature_names, count_outputs,
-                                        denoise_args, denoise_io, example_window, flatten_args, video_feature_names)
+from salstream.artifacts.graphs import (
+    AUDIO_GRAPH,
+    DENOISE_GRAPHS,
+    VIDEO_GRAPH,
+    AudioEncoderGraph,
+    DenoiseGraph,
+    FlatInputs,
+    VideoEncoderGraph,
+    as_tuple,
+    audio_feature_names,
+    count_outputs,
+    denoise_args,
+    denoise_io,
+    example_window,
+    flatten_args,
+    video_feature_names,
+)
 from salstream.artifacts.manifest import BATCH_AXIS, GraphSpec, Manifest, TensorSpec, file_sha256, weights_sha256
 from salstream.artifacts.tensorrt import import_torch_tensorrt
 from salstream.diffsal.config import MODES

@@ -7,7 +7,6 @@ the top-left corner encodes the frame index as a grey level, so reordering is vi
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path

@@ -34,8 +34,8 @@ CPU training budget (audio-visual CC equal to video-only). 2 uses turns.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 

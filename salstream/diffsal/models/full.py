@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from salstream.diffsal.config import AudioConfig, ModelConfig
-from salstream.errors import SalstreamError
-from salstream.diffsal.registry import register_profile
 from salstream.diffsal.models.base import Features, SaliencyModel
 from salstream.diffsal.models.mvit import MViT
 from salstream.diffsal.models.unet import SaliencyUNet
-from salstream.diffsal.models.vggish import AUDIO_CHANNELS, VGGish, AudioTemporalNet
+from salstream.diffsal.models.vggish import AUDIO_CHANNELS, AudioTemporalNet, VGGish
+from salstream.diffsal.registry import register_profile
+from salstream.errors import SalstreamError
 
 
 def full_config() -> ModelConfig:

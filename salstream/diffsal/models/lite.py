@@ -79,12 +79,12 @@ from torch import nn
 
 from salstream.diffsal.audio import SILENCE_LOG_MEL
 from salstream.diffsal.config import AudioConfig, ModelConfig
-from salstream.errors import SalstreamError
-from salstream.diffsal.registry import register_profile
 from salstream.diffsal.models.backbones import LITE0_BLOCKS, Lite0Features
 from salstream.diffsal.models.base import Features, SaliencyModel
 from salstream.diffsal.models.layers import Mlp, from_frames, to_frames
 from salstream.diffsal.models.unet import MAMBlock, PadDownsample, Readout, ResnetBlock, TimeEmbedding
+from salstream.diffsal.registry import register_profile
+from salstream.errors import SalstreamError
 
 # Frame rate the window's timing is laid out for (only initialises the slice-to-frame
 # resampling of the synchrony module; training adapts it).

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salstream.errors import SalstreamError
 from salstream.diffsal.models.layers import Mlp
+from salstream.errors import SalstreamError
 
 # MViTv2-S: 16 blocks; width and heads double and q is pooled ×2 at blocks 1, 3, 14;
 # kv pooling starts at (1, 8, 8) and halves at each of those blocks.

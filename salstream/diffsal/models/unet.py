@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salstream.errors import SalstreamError
 from salstream.diffsal.models.layers import Mlp, from_frames, to_frames
+from salstream.errors import SalstreamError
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,8 +177,8 @@ class EfficientCrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        n, l, c = x.shape
-        return x.reshape(n, l, self.num_heads, c // self.num_heads).transpose(1, 2)
+        n, tokens, c = x.shape
+        return x.reshape(n, tokens, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, frames: torch.Tensor, key_frames: torch.Tensor) -> torch.Tensor:
         """frames, key_frames: (N, C, H, W) -> tokens (N, H·W, C)."""

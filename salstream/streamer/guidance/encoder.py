@@ -34,9 +34,8 @@ import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
 from salstream.errors import SalstreamError
-
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.guidance.roi import QpMap, QpMapper, Region, RoiConfig, regions_to_struct
+from salstream.streamer.live.units import VideoFrame
 
 log = logging.getLogger("salstream.encode")
 

@@ -80,6 +80,12 @@ def salient_mask(saliency: np.ndarray, width: int, height: int, threshold: float
     return m, m >= threshold
 
 
+def _add(acc: dict, key: str, total: float, count: float) -> None:
+    """Pool a sum and its count (e.g. squared errors and pixels) under ``key``."""
+    acc[key][0] += total
+    acc[key][1] += count
+
+
 def _mb_complexity(y: np.ndarray, prev: Optional[np.ndarray], rows: int, cols: int) -> np.ndarray:
     h, w = y.shape
     pad = ((0, rows * MB - h), (0, cols * MB - w))
@@ -129,11 +135,12 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
             se = (dec_y - ref_y) ** 2
             s_in, c_in = float(se[mask].sum()), int(mask.sum())
             s_all = float(se.sum())
-            acc["in"][0] += s_in; acc["in"][1] += c_in
-            acc["out"][0] += s_all - s_in; acc["out"][1] += se.size - c_in
-            acc["all"][0] += s_all; acc["all"][1] += se.size
-            acc["w"][0] += float((se * weights).sum()); acc["w"][1] += float(weights.sum())
-            area_in += c_in; area_all += se.size
+            _add(acc, "in", s_in, c_in)
+            _add(acc, "out", s_all - s_in, se.size - c_in)
+            _add(acc, "all", s_all, se.size)
+            _add(acc, "w", float((se * weights).sum()), float(weights.sum()))
+            area_in += c_in
+            area_all += se.size
             rec: dict[str, float] = {"index": n, "psnr_inside": _psnr(s_in / max(c_in, 1)),
                                      "psnr_outside": _psnr((s_all - s_in) / max(se.size - c_in, 1))}
             encp = frame.side_data.get(SideDataType.VIDEO_ENC_PARAMS)
@@ -147,9 +154,9 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
                 # intra frames say exactly what each macroblock was quantised with.
                 if frame.pict_type == av.video.frame.PictureType.I:
                     if mb_in.any():
-                        acc["qp_in"][0] += float(qp[mb_in].sum()); acc["qp_in"][1] += int(mb_in.sum())
+                        _add(acc, "qp_in", float(qp[mb_in].sum()), int(mb_in.sum()))
                     if (~mb_in).any():
-                        acc["qp_out"][0] += float(qp[~mb_in].sum()); acc["qp_out"][1] += int((~mb_in).sum())
+                        _add(acc, "qp_out", float(qp[~mb_in].sum()), int((~mb_in).sum()))
                 nbytes = sizes.get(int(frame.pts), 0) if frame.pts is not None else 0
                 est = _mb_complexity(ref_y, prev_y, rows, cols) * np.exp2(-qp / 6.0)
                 if nbytes and est.sum() > 0:

@@ -47,7 +47,6 @@ import torch
 from salstream.diffsal import audio as afeat
 from salstream.diffsal.config import ModelConfig
 from salstream.errors import SalstreamError
-
 from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 
 log = logging.getLogger("salstream.buffer")

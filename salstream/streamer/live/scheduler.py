@@ -39,11 +39,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from salstream.errors import SalstreamError
-from salstream.diffsal.inference import predict_from_features
 from salstream.diffsal.features import FeatureCache, cat_batch
+from salstream.diffsal.inference import predict_from_features
 from salstream.diffsal.models.base import stack_time
-
+from salstream.errors import SalstreamError
 from salstream.streamer.live.assembler import Window
 
 log = logging.getLogger("salstream.scheduler")

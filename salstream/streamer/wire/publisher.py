@@ -20,7 +20,6 @@ import numpy as np
 import zmq
 
 from salstream.errors import SalstreamError
-
 from salstream.streamer.wire import format as wire
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"

@@ -102,7 +102,7 @@ class Source(ABC):
     def _units(self) -> Iterator[Unit]:
         """Yield frames, audio chunks and events (not the final ``end``)."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 (an optional hook: most sources hold nothing to free)
         """Free devices/containers; called once when iteration stops for any reason."""
 
     def event(self, kind: str, pts: float | None = None, **detail: object) -> StreamEvent:

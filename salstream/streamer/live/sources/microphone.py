@@ -23,8 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.live.sources.base import AudioClock, Source, Unit
+from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 
 log = logging.getLogger("salstream.sources.microphone")
 

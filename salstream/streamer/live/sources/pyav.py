@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import av
 
 from salstream.errors import SalstreamError
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source, Unit
+from salstream.streamer.live.units import VideoFrame
 
 log = logging.getLogger("salstream.sources.pyav")
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from salstream.diffsal.datasets.synthetic import SyntheticClip
 from salstream.errors import SalstreamError
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source, Unit
+from salstream.streamer.live.units import VideoFrame
 
 
 class SyntheticSource(Source):

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from salstream.errors import SalstreamError
-from salstream.streamer.live.units import VideoFrame
 from salstream.streamer.live.sources.base import Source, Unit
+from salstream.streamer.live.units import VideoFrame
 
 log = logging.getLogger("salstream.sources.webcam")
 
