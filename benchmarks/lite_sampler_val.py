@@ -21,7 +21,8 @@ import torch
 from salstream.diffsal.checkpoint import load_model  # noqa: E402
 from salstream.diffsal.datasets.layout import load_videos  # noqa: E402
 from salstream.diffsal.datasets.synthetic import write_synthetic  # noqa: E402
-from salstream.diffsal.evaluate import DEFAULT_CHECKPOINT, default_data_root  # noqa: E402
+from salstream.diffsal.evaluate import default_data_root  # noqa: E402
+from salstream.diffsal.registry import bundled_weights  # noqa: E402
 from salstream.diffsal.train import Batcher, quick_validation, training_targets  # noqa: E402
 
 SETTINGS = [("trailing", 1), ("trailing", 2), ("trailing", 4), ("leading", 2), ("leading", 4)]
@@ -29,7 +30,7 @@ SETTINGS = [("trailing", 1), ("trailing", 2), ("trailing", 4), ("leading", 2), (
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--checkpoint", default=str(bundled_weights("lite")))
     p.add_argument("--windows", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "lite_synthetic_eval"

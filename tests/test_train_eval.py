@@ -12,14 +12,13 @@ from salstream.diffsal.datasets.layout import load_videos
 from salstream.diffsal.datasets.synthetic import write_synthetic
 from salstream.diffsal.evaluate import (
     BASELINE,
-    DEFAULT_CHECKPOINT,
     METRIC_NAMES,
     centre_prior,
     evaluate,
     markdown_table,
     write_report,
 )
-from salstream.diffsal.registry import create_model, default_config
+from salstream.diffsal.registry import bundled_weights, create_model, default_config
 from salstream.diffsal.train import TrainOptions, pick_mode, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +193,7 @@ def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
     assert set(res["datasets"]["Synthetic"]["modes"]) == {"av", "video", BASELINE}
 
 
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(),
+@pytest.mark.skipif(bundled_weights("lite") is None,
                     reason="bundled diffsal/weights/lite_synthetic.safetensors not present (train it with the "
                            "command in diffsal/weights/README.md)")
 def test_bundled_checkpoint_finds_the_sounding_object():
@@ -202,8 +201,8 @@ def test_bundled_checkpoint_finds_the_sounding_object():
     from salstream.diffsal.datasets.windows import WindowSource
     from salstream.diffsal.inference import predict_window
     from salstream.diffsal.preprocess import postprocess_map
-    model = load_model(DEFAULT_CHECKPOINT, profile="lite")
-    assert DEFAULT_CHECKPOINT.stat().st_size <= 30 * 2**20
+    model = load_model(bundled_weights("lite"), profile="lite")
+    assert bundled_weights("lite").stat().st_size <= 30 * 2**20
 
     class _Clip:  # the layout's Video interface over an in-memory synthetic clip
         has_audio, dataset = True, "Synthetic"

@@ -41,7 +41,6 @@ from salstream.errors import SalstreamError
 
 METRIC_NAMES = ("cc", "sim", "kld", "nss", "auc_judd", "auc_shuffled")
 BASELINE = "centre"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "lite_synthetic.safetensors"
 
 
 def centre_prior(shape: tuple[int, int]) -> np.ndarray:
@@ -309,7 +308,7 @@ def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: i
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a checkpoint: six metrics per dataset and mode, plus a centre prior",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+    p.add_argument("--checkpoint", default=None,
                    help="salstream .safetensors checkpoint (default: the bundled lite model)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
     p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test)")
@@ -337,8 +336,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SalstreamError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
+    from salstream.diffsal.registry import bundled_weights
+    ckpt = Path(args.checkpoint) if args.checkpoint else bundled_weights("lite")
+    if ckpt is None or not ckpt.is_file():
         raise SalstreamError(f"--checkpoint {ckpt}: no such file; train one with `salstream train` "
                              "or pass the path of an existing .safetensors checkpoint")
     model = load_model(ckpt)
