@@ -134,6 +134,10 @@ def load_engine(profile: str, checkpoint: Optional[str], engine: str = AUTO, thr
         model = create_model(profile)
         log.warning("no trained weights for the %s profile (pass --checkpoint): running an UNTRAINED model, "
                     "so the maps are noise until trained weights are present", profile)
+    if threads is None and engine == "ort-cpu" and model.config.per_frame_video:
+        # The live scheduler runs the encoders and the denoiser side by side, one core each; at batch 1
+        # a second intra-op thread per call costs more in synchronisation than it saves (measured).
+        threads = 1
     eng = make_engine(engine, model, checkpoint=path, artifacts=artifacts, threads=threads,
                       profile=profile if artifacts is not None else None, cache_root=cache_root)
     return eng, path

@@ -1,4 +1,11 @@
-"""The scheduler: one worker thread owns the engine and turns windows into maps.
+"""The scheduler: two worker threads own the engine and turn windows into maps.
+
+Two stages, side by side
+    The *encode* thread takes ready windows and computes their features (video and audio
+    encoders); the *denoise* thread runs the DDIM loop, post-processes and hands each map
+    to ``on_result``. They overlap: while one batch denoises, the next one's new frame is
+    encoded on the other core. The encode stage runs at most one batch ahead (a hand-off
+    of one), so a map is never computed from a window much older than the newest.
 
 Latest wins
     Each stream has a tiny slot (not a queue). A window that is still waiting when a
@@ -23,13 +30,15 @@ Batching
 Latency
     Every map gets per-stage times in ms, measured back to back so they add up to the
     capture→(publish-start) time: ``assemble`` (target frame captured → window ready,
-    incl. any audio wait), ``wait`` (slot + batching), ``video_encoder``,
-    ``audio_encoder``, ``denoise`` (one entry per DDIM step), ``postprocess``; the
-    publisher adds ``publish``. Encoder and step times are those of the whole batch.
+    incl. any audio wait), ``wait`` (slot + batching, and the hand-off between the two
+    stages), ``video_encoder``, ``audio_encoder``, ``denoise`` (one entry per DDIM step),
+    ``postprocess``; the publisher adds ``publish``. Encoder and step times are those of
+    the whole batch. ``MapResult.cpu_ms`` holds the CPU time (thread time) of each stage.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -58,11 +67,25 @@ class MapResult:
     steps: int
     dropped: int                         # windows of this stream dropped so far (latest wins)
     done_time: float                     # monotonic, after post-processing
+    cpu_ms: dict[str, float] = field(default_factory=dict)   # thread CPU time per stage (whole batch)
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Encoded:
+    """A batch whose features are ready, on its way from the encode stage to the denoise stage."""
+    windows: list[Window]
+    mode: str
+    video: Any
+    audio: Any
+    t_start: float
+    t_video: float
+    t_audio: float
+    cpu_ms: dict[str, float]
+
+
 class Scheduler:
-    """Runs windows on ``engine`` in one worker thread; results go to ``on_result``.
+    """Runs windows on ``engine`` in two worker threads (encode, denoise); results go to ``on_result``.
 
     ``steps``: DDIM steps (default: the model's). ``seed``: the noise generator's seed,
     so a run is reproducible. ``postprocess``: ``x0 (B, 1, h, w) -> (B, h, w)`` array
@@ -102,7 +125,8 @@ class Scheduler:
         self._lossless: set[str] = set()
         self._cond = threading.Condition()
         self._closing = False
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
+        self._handoff: "queue.Queue[Optional[_Encoded]]" = queue.Queue(maxsize=1)
         self.video_cache = FeatureCache(engine.encode_video)
         self.audio_cache = FeatureCache(engine.encode_audio)
         self.dropped: Counter[str] = Counter()
@@ -148,12 +172,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Scheduler":
-        self._thread = threading.Thread(target=self._run, name="salstream-scheduler", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._encode_loop, name="salstream-encode", daemon=True),
+                         threading.Thread(target=self._denoise_loop, name="salstream-denoise", daemon=True)]
+        for t in self._threads:
+            t.start()
         return self
 
     def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
-        """Stop the worker; with ``drain`` the windows already waiting are still computed."""
+        """Stop the workers; with ``drain`` the windows already waiting are still computed."""
         with self._cond:
             self._closing = True
             if not drain:
@@ -161,14 +187,15 @@ class Scheduler:
                     self.dropped[sid] += len(slot)
                     slot.clear()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(t.is_alive() for t in self._threads)
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------ workers
     def _ready_streams(self) -> list[str]:
         return [s for s, slot in self._slots.items() if slot]
 
@@ -191,48 +218,90 @@ class Scheduler:
         self._cond.notify_all()         # lossless producers wait for an empty slot
         return batch
 
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._ready_streams() and not self._closing:
-                        self._cond.wait()
-                    if not self._ready_streams():
-                        return                      # closing and nothing left
-                    deadline = self._clock() + self.batch_deadline
-                    while not self._closing:
-                        n_ready = len(self._ready_streams())
-                        if n_ready >= min(self.max_batch, max(1, len(self._active))):
-                            break
-                        remaining = deadline - self._clock()
-                        if remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                    batch = self._take()
-                by_mode: dict[str, list[Window]] = {}
-                for w in batch:
-                    by_mode.setdefault(w.mode, []).append(w)
-                for mode, group in by_mode.items():
-                    self._process(group, mode)
-        except BaseException as exc:  # surfaced by the pipeline, which stops the run
+    def _next_batch(self) -> Optional[list[Window]]:
+        """Wait for ready windows (and, briefly, for the other streams' to batch with); None when closed."""
+        with self._cond:
+            while not self._ready_streams() and not self._closing and self.error is None:
+                self._cond.wait()
+            if not self._ready_streams() or self.error is not None:
+                return None                     # closing and nothing left, or the other stage failed
+            deadline = self._clock() + self.batch_deadline
+            while not self._closing:
+                if len(self._ready_streams()) >= min(self.max_batch, max(1, len(self._active))):
+                    break
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._take()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record the first error (surfaced by the pipeline, which stops the run) and wake everyone."""
+        if self.error is None:
             self.error = exc
             if isinstance(exc, SalstreamError):   # a known problem: the caller reports it in one line
                 log.debug("scheduler stopped: %s", exc)
             else:
-                log.exception("scheduler stopped by an error")
+                log.exception("scheduler stopped by an error", exc_info=exc)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _encode_loop(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                by_mode: dict[str, list[Window]] = {}
+                for w in batch:
+                    by_mode.setdefault(w.mode, []).append(w)
+                for mode, group in by_mode.items():
+                    job = self._encode(group, mode)
+                    while self.error is None:           # the hand-off holds one batch: wait for the denoiser
+                        try:
+                            self._handoff.put(job, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            while True:                                 # always tell the denoiser there is no more
+                try:
+                    self._handoff.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    if self.error is not None and not self._threads[1].is_alive():
+                        break
+
+    def _denoise_loop(self) -> None:
+        try:
+            while (job := self._handoff.get()) is not None:
+                if self.error is None:
+                    self._denoise(job)
+        except BaseException as exc:
+            self._fail(exc)
+            while self._handoff.get() is not None:      # let the encode stage finish its puts
+                pass
 
     @torch.inference_mode()
-    def _process(self, windows: list[Window], mode: str) -> None:
-        eng, cfg = self.engine, self.cfg
-        n = len(windows)
+    def _encode(self, windows: list[Window], mode: str) -> _Encoded:
+        c0 = time.thread_time()
         t_start = self._clock()
         v = a = None
         if mode in ("av", "video"):
             v = self._video_features(windows)
         t_video = self._clock()
+        c1 = time.thread_time()
         if mode in ("av", "audio"):
             a = self._audio_features(windows)
         t_audio = self._clock()
+        cpu = {"video_encoder": (c1 - c0) * 1000.0, "audio_encoder": (time.thread_time() - c1) * 1000.0}
+        return _Encoded(windows, mode, v, a, t_start, t_video, t_audio, cpu)
+
+    @torch.inference_mode()
+    def _denoise(self, job: _Encoded) -> None:
+        eng, cfg = self.engine, self.cfg
+        windows, n = job.windows, len(job.windows)
+        c0 = time.thread_time()
+        t_begin = self._clock()                     # the hand-off wait ends here
         marks: list[float] = []
         warm = {}
         prev = [self._prev_maps.get(w.stream_id) for w in windows]
@@ -241,30 +310,34 @@ class Scheduler:
             warm = {"warm_start": torch.cat(prev), "warm_start_timestep": self.warm_start}
             for w in windows:
                 w.flags["warm_start"] = True
-        x0 = predict_from_features(eng, v, a, n, self.steps, generator=self._gen, device=self._device,
-                                   step_callback=lambda t, x: marks.append(self._clock()), **warm)
+        x0 = predict_from_features(eng, job.video, job.audio, n, self.steps, generator=self._gen,
+                                   device=self._device, step_callback=lambda t, x: marks.append(self._clock()),
+                                   **warm)
         if self.warm_start is not None:
             for i, w in enumerate(windows):
                 self._prev_maps[w.stream_id] = x0[i:i + 1].detach()
+        c1 = time.thread_time()
         maps = np.asarray(self._postprocess(x0), dtype=np.float32).reshape(n, *cfg.map_size)
         t_post = self._clock()
-        steps_ms, prev = [], t_audio
+        cpu = dict(job.cpu_ms, denoise=(c1 - c0) * 1000.0, postprocess=(time.thread_time() - c1) * 1000.0)
+        steps_ms, prev = [], t_begin
         for m in marks:
             steps_ms.append((m - prev) * 1000.0)
             prev = m
+        handoff = t_begin - job.t_audio
         self.batch_sizes[n] += 1
         for i, w in enumerate(windows):
             self.processed[w.stream_id] += 1
             lat = {
                 "assemble": max(0.0, w.ready_time - w.target_capture) * 1000.0,
-                "wait": max(0.0, t_start - w.ready_time) * 1000.0,
-                "video_encoder": (t_video - t_start) * 1000.0,
-                "audio_encoder": (t_audio - t_video) * 1000.0,
+                "wait": (max(0.0, job.t_start - w.ready_time) + handoff) * 1000.0,
+                "video_encoder": (job.t_video - job.t_start) * 1000.0,
+                "audio_encoder": (job.t_audio - job.t_video) * 1000.0,
                 "denoise": list(steps_ms),
                 "postprocess": (t_post - prev) * 1000.0,
             }
             res = MapResult(window=w, saliency=maps[i], latency_ms=lat, batch=n, steps=len(steps_ms),
-                            dropped=self.dropped[w.stream_id], done_time=t_post)
+                            dropped=self.dropped[w.stream_id], done_time=t_post, cpu_ms=cpu)
             if self.on_result is not None:
                 self.on_result(res)
 
