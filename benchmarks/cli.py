@@ -66,7 +66,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     q = p.add_argument_group("pipeline level")
     q.add_argument("--pipeline-profile", default="lite")
-    q.add_argument("--pipeline-engine", default=None, help="default ort-cpu (torch with --quick)")
+    q.add_argument("--pipeline-engine", default=None, help="default auto, as `salstream run` (torch with --quick)")
     q.add_argument("--checkpoint", default=None, help="weights for the pipeline model (default: the bundled lite weights)")
     q.add_argument("--streams", type=_ints, default=None, help="stream counts to run (default 1,2,4)")
     q.add_argument("--seconds", type=float, default=None,
@@ -76,6 +76,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--pipeline-steps", type=int, default=None, help="DDIM steps in the pipeline (default: the profile's)")
     q.add_argument("--no-frames", action="store_true",
                    help="do not publish frame previews (salstream run sends them by default; they cost a JPEG encode)")
+    q.add_argument("--no-demo", action="store_true",
+                   help="skip the demo-configuration runs (the bundled clip with and without the overlay recording)")
 
     r = p.add_argument_group("re-render")
     r.add_argument("--render", metavar="RUN_DIR", default=None,
@@ -96,7 +98,7 @@ def _progress(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _pipeline_engine(args, quick: bool, threads: int):
+def _pipeline_engine(args, quick: bool, threads: Optional[int]):
     if quick:
         from salstream.runtime import make_engine
 
@@ -106,7 +108,7 @@ def _pipeline_engine(args, quick: bool, threads: int):
     from salstream.runtime import load_engine
 
     def factory():
-        return load_engine(args.pipeline_profile, args.checkpoint, args.pipeline_engine or "ort-cpu", threads)[0]
+        return load_engine(args.pipeline_profile, args.checkpoint, args.pipeline_engine or "auto", threads)[0]
     return factory
 
 
@@ -171,9 +173,13 @@ def run(args: argparse.Namespace) -> int:
             from .model_bench import load_subject
             load_subject.cache_clear()
             gc.collect()
+        from salstream.streamer.live.sources import default_demo_source
+
         from .pipeline_bench import run_pipeline_bench
+        # The pipeline runs as `salstream run` does: the engine's own thread default unless --threads.
         result["pipeline"] = run_pipeline_bench(
-            _pipeline_engine(args, quick, threads),
+            _pipeline_engine(args, quick, args.threads if not quick else threads),
+            demo_source=None if quick or args.no_demo else default_demo_source(),
             stream_counts=args.streams or ([1, 2] if quick else [1, 2, 4]),
             seconds=args.seconds or (3.0 if quick else 15.0),
             scaling_seconds=args.scaling_seconds or (2.0 if quick else 10.0),

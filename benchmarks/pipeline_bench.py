@@ -96,10 +96,15 @@ def open_sources(spec: str, streams: int, *, frame_size: Optional[tuple[int, int
 def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10.0, warmup_s: float = 2.0,
                  steps: Optional[int] = None, source: str = "synthetic", frame_size: Optional[tuple[int, int]] = None,
                  max_batch: int = 4, batch_deadline_ms: float = 5.0, hop: int = 1, send_frames: bool = True,
+                 record: bool = False, label: Optional[str] = None,
                  progress: Callable[[str], None] = print) -> dict[str, Any]:
     """One paced run of ``seconds`` (``None``: until the sources end) through the live pipeline on
-    ``engine``; returns its figures. ``send_frames`` publishes frame previews as ``salstream run`` does."""
+    ``engine``; returns its figures. ``send_frames`` publishes frame previews and ``record`` records
+    the overlay of the first stream (to a temporary file), as ``salstream run`` does."""
+    import tempfile
+
     from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.overlay.recording import OverlayRecording
     from salstream.streamer.wire.subscriber import Subscriber
 
     sources = open_sources(source, streams, frame_size=frame_size)
@@ -107,7 +112,9 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
     opts = PipelineOptions(sources=[source] * streams, steps=steps, hop=hop, publish="tcp://127.0.0.1:*",
                            duration=seconds, max_batch=max_batch, batch_deadline_ms=batch_deadline_ms,
                            wait_subscriber=30.0, send_frames=send_frames)
-    pipe = Pipeline(opts, engine=engine, sources=sources)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-record-") if record else None
+    consumers = [OverlayRecording(Path(tmp.name) / "overlay.mp4")] if tmp is not None else []
+    pipe = Pipeline(opts, engine=engine, sources=sources, consumers=consumers)
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -126,13 +133,20 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
         with Subscriber(pipe.endpoint) as sub:
             samples = collect(sub, keep_going=th.is_alive, progress=progress)
         th.join()
+    if tmp is not None:
+        tmp.cleanup()
     if "error" in box:
         raise box["error"]
     summary = box["summary"]
     res = summarise(samples, warmup_s)
+    # Windows dropped after warm-up: frames of the measured span that got no map (one per frame wanted).
+    spanned = sum(v["frames_spanned"] for v in res["per_stream"].values())
+    wanted = -(-spanned // hop) if spanned else 0
+    dropped_share = (1.0 - res["maps_measured"] / wanted) if wanted else None
     cdf = res.pop("cdf_ms")
     maps_total = res["maps_per_s"] or 0.0
     out = {
+        "label": label or f"{streams} stream(s)", "record": record,
         "profile": engine.config.profile, "engine": getattr(engine, "name", "?"), "streams": streams,
         "source": source + (" (pre-rendered loop)" if source.startswith("synthetic") else ""), "fps": fps,
         "seconds": seconds, "warmup_s": warmup_s, "steps": res["steps"], "hop": hop, "max_batch": max_batch,
@@ -144,6 +158,10 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
         "per_stream": res["per_stream"], "maps": res["maps"], "maps_measured": res["maps_measured"],
         "missed_by_subscriber": res["missed"],
         "dropped_windows": summary.dropped_windows, "publisher_drops": summary.send_dropped,
+        "dropped_share_after_warmup": None if dropped_share is None else round(max(0.0, dropped_share), 4),
+        "cpu_percent_by_stage": {k: round(100.0 * v / summary.seconds, 1) for k, v in summary.cpu_s.items()}
+        if summary.seconds else {},
+        "process_cpu_percent": round(100.0 * summary.process_cpu_s / summary.seconds, 1) if summary.seconds else None,
         "batch_sizes": {str(k): v for k, v in summary.batch_sizes.items()},
         "modes": summary.modes, "lagging_windows": summary.lagging_windows,
         "resources": sampler.summary(warmup_s), "load_average_start": load_start, "load_average_end": load_average(),
@@ -181,30 +199,76 @@ def explain_goal(run: dict[str, Any], goal_maps_per_s: float = 30.0, goal_p95_ms
             "explanation": text.strip()}
 
 
+def _describe(r: dict[str, Any]) -> str:
+    share = r.get("dropped_share_after_warmup")
+    return (f"{r['maps_per_s_per_stream'] or 0:.1f} maps/s per stream, capture→publish p50 "
+            f"{r['capture_to_publish_ms']['p50']} ms p95 {r['capture_to_publish_ms']['p95']} ms, dropped "
+            f"{r['dropped_windows']}" + ("" if share is None else f" ({100 * share:.1f} % after warm-up)")
+            + f", process CPU {r.get('process_cpu_percent')} %")
+
+
 def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequence[int] = (1, 2, 4),
                        seconds: float = 15.0, scaling_seconds: float = 10.0, warmup_s: float = 2.0,
                        steps: Optional[int] = None, source: str = "synthetic",
                        frame_size: Optional[tuple[int, int]] = None, max_batch: int = 4, send_frames: bool = True,
+                       demo_source: Optional[str] = None,
                        progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every stream count in turn on one engine (built once); the 1-stream run also gets the goal check."""
+    """Every stream count in turn on one engine (built once); the 1-stream run also gets the goal check.
+
+    With ``demo_source`` (the bundled clip) the run starts with the demo configuration — that
+    clip, previews and the overlay recording on, as ``./dev demo`` runs — and the same without
+    recording, so the cost of recording shows."""
     engine = engine_factory()
+    plan: list[dict[str, Any]] = []
+    if demo_source:
+        plan += [dict(streams=1, source=demo_source, seconds=None, record=True, send_frames=True,
+                      label="demo (recording + previews)"),
+                 dict(streams=1, source=demo_source, seconds=None, record=False, send_frames=True,
+                      label="demo without recording")]
+    plan += [dict(streams=n, source=source, seconds=seconds if n == 1 else scaling_seconds, record=False,
+                  send_frames=send_frames, label=f"{n} stream(s)") for n in stream_counts]
     runs = []
-    for n in stream_counts:
+    for job in plan:
         t0 = time.perf_counter()
         try:
-            r = run_pipeline(engine, streams=n, seconds=seconds if n == 1 else scaling_seconds, warmup_s=warmup_s,
-                             steps=steps, source=source, frame_size=frame_size, max_batch=max_batch,
-                             send_frames=send_frames, progress=progress)
+            r = run_pipeline(engine, warmup_s=warmup_s, steps=steps, frame_size=None if job["source"] == demo_source
+                             else frame_size, max_batch=max_batch, progress=progress, **job)
         except Exception as exc:  # one failed run must not lose the others
-            runs.append({"streams": n, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
-            progress(f"pipeline {n} stream(s): failed: {exc}")
+            runs.append({"streams": job["streams"], "label": job["label"],
+                         "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
+            progress(f"pipeline {job['label']}: failed: {exc}")
             continue
         runs.append(r)
-        progress(f"pipeline {n} stream(s): {r['maps_per_s_per_stream'] or 0:.1f} maps/s per stream, capture→publish "
-                 f"p50 {r['capture_to_publish_ms']['p50']} ms p95 {r['capture_to_publish_ms']['p95']} ms, dropped "
-                 f"{r['dropped_windows']} ({time.perf_counter() - t0:.0f} s)")
+        progress(f"pipeline {job['label']}: {_describe(r)} ({time.perf_counter() - t0:.0f} s)")
     out: dict[str, Any] = {"runs": runs}
     one = next((r for r in runs if r.get("streams") == 1 and "skipped" not in r), None)
     if one is not None:
         out["goal"] = explain_goal(one)
+    out["goals"] = headroom_goals(runs)
     return out
+
+
+def headroom_goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live goals for 2 cores: the demo keeps up with recording on; headroom without; two streams."""
+    by = {r.get("label"): r for r in runs if "skipped" not in r}
+    goals = []
+    demo, bare, two = by.get("demo (recording + previews)"), by.get("demo without recording"), by.get("2 stream(s)")
+    if demo:
+        rate, share, p95 = demo["maps_per_s_per_stream"] or 0.0, demo["dropped_share_after_warmup"], \
+            demo["capture_to_publish_ms"]["p95"]
+        goals.append({"goal": "demo (recording + previews): >= 29.5 maps/s, <= 2 % dropped after warm-up, p95 <= 80 ms",
+                      "met": rate >= 29.5 and share is not None and share <= 0.02 and p95 is not None and p95 <= 80,
+                      "figures": f"{rate:.1f} maps/s, {100 * (share or 0):.1f} % dropped, p95 {p95} ms"})
+    if bare:
+        p95, cpu = bare["capture_to_publish_ms"]["p95"], bare.get("process_cpu_percent")
+        idle = None if cpu is None else 200.0 - cpu
+        goals.append({"goal": "without recording: p95 <= 60 ms and >= 25 % of one core idle",
+                      "met": p95 is not None and p95 <= 60 and idle is not None and idle >= 25,
+                      "figures": f"p95 {p95} ms, process CPU {cpu} % of 200 % (idle {idle if idle is None else round(idle)} %)"})
+    if two:
+        per = [v["maps_per_s"] or 0.0 for v in two["per_stream"].values()]
+        p95 = two["capture_to_publish_ms"]["p95"]
+        goals.append({"goal": "two 30 fps streams: >= 15 maps/s each, p95 <= 150 ms",
+                      "met": bool(per) and min(per) >= 15 and p95 is not None and p95 <= 150,
+                      "figures": ", ".join(f"{v:.1f}" for v in per) + f" maps/s, p95 {p95} ms"})
+    return goals

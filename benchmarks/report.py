@@ -255,19 +255,7 @@ def markdown_summary(result: dict) -> str:
     pipe = result.get("pipeline")
     if pipe:
         lines += ["", "## Pipeline level (paced 30 fps source → publish → loopback subscriber)", ""]
-        rows = []
-        for r in pipe.get("runs", []):
-            if "skipped" in r:
-                rows.append([r.get("streams"), "skipped: " + r["skipped"], "", "", "", "", "", ""])
-                continue
-            c2p = r["capture_to_publish_ms"]
-            rows.append([r["streams"], r["engine"], _f(r["maps_per_s"]), _f(r["maps_per_s_per_stream"]),
-                         _f(c2p["p50"]), _f(c2p["p95"]), r["dropped_windows"], _f(r["resources"]["cpu_percent_mean"], 0)])
-        lines += _table(["streams", "engine", "maps/s", "maps/s per stream", "capture→publish p50 ms", "p95 ms",
-                         "dropped windows", "CPU %"], rows)
-        goal = pipe.get("goal")
-        if goal:
-            lines += ["", f"Goal ({goal['goal']}): {'met' if goal['met'] else 'NOT met'}. {goal['explanation']}"]
+        lines += pipeline_lines(pipe)
     sub = result.get("subscribe")
     if sub:
         lines += ["", "## Subscriber", ""]
@@ -279,6 +267,41 @@ def markdown_summary(result: dict) -> str:
     if result.get("plots"):
         lines += ["", "Plots: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in result["plots"])]
     return "\n".join(lines) + "\n"
+
+
+STAGE_ORDER = ("decode", "preprocess", "video_encoder", "audio_encoder", "denoise", "postprocess", "preview",
+               "publish", "recorder")
+
+
+def pipeline_lines(pipe: dict) -> list[str]:
+    """The pipeline table, the CPU-by-stage table and the goals, as markdown lines."""
+    rows, cpu_rows = [], []
+    for r in pipe.get("runs", []):
+        label = r.get("label") or f"{r.get('streams')} stream(s)"
+        if "skipped" in r:
+            rows.append([label, "skipped: " + r["skipped"], "", "", "", "", "", ""])
+            continue
+        c2p = r["capture_to_publish_ms"]
+        share = r.get("dropped_share_after_warmup")
+        rows.append([label, f"{r['profile']} / {r['engine']}", r["streams"], _f(r["maps_per_s_per_stream"]),
+                     _f(c2p["p50"]), _f(c2p["p95"]),
+                     f"{r['dropped_windows']}" + ("" if share is None else f" ({100 * share:.1f} %)"),
+                     _f(r.get("process_cpu_percent", r["resources"]["cpu_percent_mean"]), 0)])
+        by = r.get("cpu_percent_by_stage") or {}
+        if by:
+            cpu_rows.append([label] + [_f(by.get(k), 1) if by.get(k) is not None else "–" for k in STAGE_ORDER]
+                            + [_f(r.get("process_cpu_percent"), 0)])
+    lines = _table(["run", "profile / engine", "streams", "maps/s per stream", "capture→publish p50 ms", "p95 ms",
+                    "dropped windows (after warm-up)", "process CPU %"], rows)
+    if cpu_rows:
+        lines += ["", "Where the CPU goes (% of one core, thread CPU time per stage; 200 % = both cores):", ""]
+        lines += _table(["run", *STAGE_ORDER, "whole process"], cpu_rows)
+    goal = pipe.get("goal")
+    if goal:
+        lines += ["", f"Goal ({goal['goal']}): **{'met' if goal['met'] else 'not met'}**. {goal['explanation']}"]
+    for g in pipe.get("goals", []):
+        lines += [f"- {g['goal']}: **{'met' if g['met'] else 'not met'}** ({g['figures']})"]
+    return lines
 
 
 def _runs_newest_first(result: dict, run_dir: Path) -> list[tuple[dict, Path]]:
@@ -347,21 +370,8 @@ def readme_table(result: dict, run_dir: Path) -> str:
                           f"max |Δmap| {comp['max_abs_diff']:.2e}."]
     pipe = parts["pipeline"]
     if pipe.get("runs"):
-        first = next((r for r in pipe["runs"] if "skipped" not in r), {})
-        lines += ["", f"Live pipeline ({first.get('source', '?')} at {first.get('fps', 30):.0f} fps, paced, one map per "
-                      "frame requested, loopback subscriber):", ""]
-        rows = []
-        for r in pipe["runs"]:
-            if "skipped" in r:
-                continue
-            c2p = r["capture_to_publish_ms"]
-            rows.append([f"{r['profile']} / {r['engine']}", r["streams"], _f(r["maps_per_s_per_stream"]),
-                         _f(c2p["p50"]), _f(c2p["p95"]), r["dropped_windows"]])
-        lines += _table(["profile / engine", "streams", "maps/s per stream", "capture→publish p50 ms",
-                         "p95 ms", "dropped windows"], rows)
-        goal = pipe.get("goal")
-        if goal:
-            lines += ["", f"Goal ({goal['goal']}): **{'met' if goal['met'] else 'not met'}**. {goal['explanation']}"]
+        lines += ["", "Live pipeline (paced sources at their frame rate, one map per frame requested, loopback "
+                      "subscriber):", ""] + pipeline_lines(pipe)
     gpu = model.get("gpu") or {}
     if "skipped" in gpu:
         lines += ["", f"GPU: not measured in this run ({gpu['skipped']})."]

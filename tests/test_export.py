@@ -13,6 +13,7 @@ import torch
 from salstream.artifacts.graphs import DENOISE_GRAPHS  # noqa: E402
 from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
 from salstream.cli.export import check_parity  # noqa: E402
+from salstream.diffsal.checkpoint import save_checkpoint
 from salstream.engines import create_engine  # noqa: E402
 from salstream.errors import SalstreamError  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
@@ -137,3 +138,23 @@ def test_exporting_over_a_previous_export_replaces_it(tiny_exports, tmp_path):
     other = tiny_model(True, seed=3)
     m = export_onnx(other, tmp_path / "x", modes=["video"])
     assert read_manifest(tmp_path / "x").weights_sha256 == m.weights_sha256 == weights_sha256(other)
+
+
+def test_export_command_defaults_to_the_profiles_bundled_weights(tmp_path, monkeypatch, capsys):
+    """`salstream export --out DIR` with no --checkpoint exports the weights the profile ships with,
+    and says what it is doing graph by graph."""
+    from salstream.cli import main
+    from salstream.diffsal import registry
+
+    ckpt = save_checkpoint(tiny_model(True, seed=3), tmp_path / "weights" / "tiny_bundled.safetensors")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", ckpt.parent)
+    monkeypatch.setitem(registry._WEIGHTS, "tiny", ckpt.name)
+    assert main(["export", "--profile", "tiny", "--out", str(tmp_path / "o"), "--no-parity", "--modes", "video"]) == 0
+    out = capsys.readouterr().out
+    assert str(ckpt) in out and "exporting encode_video (1/2" in out and "denoise_video (2/2" in out
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest.checkpoint_sha256 == file_sha256(ckpt)
+    # without bundled weights for the profile, the command asks for --checkpoint
+    monkeypatch.delitem(registry._WEIGHTS, "tiny")
+    assert main(["export", "--profile", "tiny", "--out", str(tmp_path / "o2")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

@@ -15,9 +15,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Write encode_video.onnx, encode_audio.onnx and one denoise graph per mode (denoise.onnx is "
                     "audio-visual, denoise_video.onnx, denoise_audio.onnx) with a dynamic batch axis, a "
                     "manifest.json and a parity report (parity.json / parity.md) against PyTorch.")
-    p.add_argument("--checkpoint", required=True, help="salstream checkpoint (.safetensors)")
-    p.add_argument("--profile", choices=("lite", "full"), default=None,
-                   help="expected profile; the checkpoint must match it (default: whatever the checkpoint is)")
+    p.add_argument("--checkpoint", default=None,
+                   help="salstream checkpoint (.safetensors); default: the bundled weights of --profile")
+    p.add_argument("--profile", default=None,
+                   help="expected profile; the checkpoint must match it (default: whatever the checkpoint is; "
+                        "without --checkpoint: lite)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--fp16", action="store_true", help="half-precision graphs for GPU providers (ort-cuda/ort-trt)")
     p.add_argument("--tensorrt", action="store_true",
@@ -43,15 +45,25 @@ def run(args: argparse.Namespace) -> int:
     if args.tensorrt:  # fail before the (long) ONNX export when Torch-TensorRT or the GPU is missing
         from salstream.artifacts.tensorrt import import_torch_tensorrt
         import_torch_tensorrt()
-    model = load_model(args.checkpoint, args.profile)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from salstream.runtime import resolve_weights
+        checkpoint = resolve_weights(args.profile or "lite", None)
+        if checkpoint is None:
+            raise SalstreamError(f"no bundled weights for the {args.profile or 'lite'} profile; "
+                                 "give the weights to export with --checkpoint CKPT")
+    model = load_model(checkpoint, args.profile)
     out = Path(args.out)
     t0 = time.perf_counter()
-    manifest = export_onnx(model, out, checkpoint_sha256=file_sha256(args.checkpoint), modes=modes,
-                           opset=args.opset or DEFAULT_OPSET, fp16=args.fp16)
+    print(f"exporting {model.config.profile} from {checkpoint} to {out} (a minute or two on a small CPU)", flush=True)
+    manifest = export_onnx(model, out, checkpoint_sha256=file_sha256(checkpoint), modes=modes,
+                           opset=args.opset or DEFAULT_OPSET, fp16=args.fp16,
+                           progress=lambda msg: print(f"  {msg}", flush=True))
     print(f"exported {manifest.profile} ({manifest.precision}, opset {manifest.opset}, {manifest.exporter}) in "
           f"{time.perf_counter() - t0:.1f} s: {', '.join(g.file for g in manifest.graphs.values())} -> {out}")
     status = 0
     if not args.no_parity:
+        print("  checking parity against PyTorch", flush=True)
         report = check_parity(model, out, steps=args.steps)
         if report.get("skipped"):
             print(f"parity: skipped ({report['skipped']})")
@@ -64,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         from salstream.artifacts.tensorrt import TRT_SUBDIR
         from salstream.export.tensorrt import compile_graphs
         t1 = time.perf_counter()
-        compile_graphs(model, out_dir=out / TRT_SUBDIR, modes=modes, checkpoint_sha256=file_sha256(args.checkpoint))
+        compile_graphs(model, out_dir=out / TRT_SUBDIR, modes=modes, checkpoint_sha256=file_sha256(checkpoint))
         print(f"Torch-TensorRT graphs (FP16) in {time.perf_counter() - t1:.1f} s -> {out / TRT_SUBDIR}")
     return status
 

@@ -50,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
                    f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
     p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
+    p.add_argument("--record-preset", default="veryfast",
+                   choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+                   help="x264 preset of the overlay recording: faster presets cost less CPU and make larger files "
+                        "(default %(default)s)")
     p.add_argument("--as-fast-as-possible", action="store_true",
                    help="read files without pacing them at their frame rate and map every window (offline run)")
     p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call (default %(default)s)")
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     record = record_path(args)
     if record is not None:
         from salstream.streamer.overlay.recording import OverlayRecording
-        consumers.append(OverlayRecording(record))
+        consumers.append(OverlayRecording(record, preset=args.record_preset))
 
     def engine():
         return load_engine(args.profile, args.checkpoint, args.engine, args.threads, args.artifacts)[0]

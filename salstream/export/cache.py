@@ -89,7 +89,7 @@ def cached_export(model: nn.Module | Callable[[], nn.Module], *, checkpoint_sha2
              model.config.profile, final)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=final.parent))
     try:
-        export_onnx(model, tmp, checkpoint_sha256=checkpoint_sha256, fp16=fp16, opset=opset)
+        export_onnx(model, tmp, checkpoint_sha256=checkpoint_sha256, fp16=fp16, opset=opset, progress=log.info)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import onnx
 import torch
@@ -142,7 +142,8 @@ def _convert_fp16(path: Path, external_data: bool) -> None:
 @torch.no_grad()
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha256: Optional[str] = None,
                 modes: Iterable[str] = MODES, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                exporter: str = "dynamo", seed: int = 0) -> Manifest:
+                exporter: str = "dynamo", seed: int = 0,
+                progress: Optional[Callable[[str], None]] = None) -> Manifest:
     """Export ``model``'s graphs into ``out_dir`` and write ``manifest.json`` last.
 
     ``fp16`` converts each exported FP32 graph to half precision inside (weights and
@@ -178,9 +179,15 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha2
                                      "av" if want_video and want_audio else ("video" if want_video else "audio"))
     graphs: dict[str, GraphSpec] = {}
     used: set[str] = set()
+    total = int(want_video) + int(want_audio) + len(modes)
+
+    def step(name: str) -> None:   # one line per graph: an export takes minutes on a small CPU
+        if progress is not None:
+            progress(f"exporting {name} ({len(graphs) + 1}/{total}, {time.perf_counter() - t_start:.0f} s so far)")
     n_video = len(as_tuple(v_feats)) if v_feats is not None else 0
     n_audio = count_outputs(a_feats) if a_feats is not None else None
     if want_video:
+        step(VIDEO_GRAPH)
         frame = video[:, :, 0] if cfg.per_frame_video else video
         out = as_tuple(v_feats if not cfg.per_frame_video else tuple(f[:, :, 0] for f in as_tuple(v_feats)))
         spec, kind = _write_graph(VIDEO_GRAPH, VideoEncoderGraph(model), (frame,), out, ["video"],
@@ -188,6 +195,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha2
         graphs[VIDEO_GRAPH] = spec
         used.add(kind)
     if want_audio:
+        step(AUDIO_GRAPH)
         clip = audio[:, :, 0] if cfg.per_frame_video else audio
         a_out = as_tuple(a_feats)
         if cfg.per_frame_video:
@@ -199,6 +207,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_sha2
     x_t = torch.randn((EXPORT_BATCH, 1, *cfg.map_size), generator=torch.Generator().manual_seed(seed + 1))
     t = torch.tensor([750, 250][:EXPORT_BATCH], dtype=torch.int64)
     for mode in modes:
+        step(DENOISE_GRAPHS[mode])
         args = denoise_args(mode, x_t, t, v_feats, a_feats)
         io = denoise_io(mode, n_video, n_audio)
         spec, kind = _write_graph(DENOISE_GRAPHS[mode], DenoiseGraph(model, mode), args, [x_t], io.inputs,

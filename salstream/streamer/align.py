@@ -7,6 +7,7 @@ skipping frames (latest wins), and arrive after their frames.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Callable, Generic, Optional, TypeVar
 
@@ -113,6 +114,7 @@ class PairedConsumer:
         self.frames_in = 0
         self.maps_in = 0
         self.dropped = 0
+        self.cpu_seconds = 0.0      # thread time of this consumer's worker (pairing and writing)
 
     # ------------------------------------------------------------------ pipeline side
     def start(self, sources=(), publisher=None) -> None:
@@ -163,6 +165,7 @@ class PairedConsumer:
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         failed = ended = False
+        start = time.thread_time()
         try:
             while True:
                 item = self._q.get()
@@ -192,6 +195,7 @@ class PairedConsumer:
                 self.finish(failed or self.error is not None)
             except BaseException as exc:
                 self.error = self.error or exc
+            self.cpu_seconds = time.thread_time() - start
 
     def _write(self, pairs: list) -> None:
         for frame, saliency in pairs:

@@ -24,7 +24,7 @@ import numpy as np
 from salstream.errors import SalstreamError
 from salstream.streamer.live.assembler import MODE_CHOICES, WindowAssembler
 from salstream.streamer.live.scheduler import MapResult, Scheduler
-from salstream.streamer.live.summary import MapStats, RunSummary
+from salstream.streamer.live.summary import CpuMeter, MapStats, RunSummary
 from salstream.streamer.live.units import StreamEvent, Unit, VideoFrame
 from salstream.streamer.wire import format as wire
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher
@@ -132,6 +132,8 @@ class Pipeline:
         self.scheduler: Optional[Scheduler] = None
         self.assemblers: dict[str, WindowAssembler] = {}
         self.stats = MapStats()
+        self.cpu = CpuMeter()
+        self._process_cpu = 0.0
         self._source_errors: list[str] = []
         self._gaps_reported: dict[str, int] = {}   # per stream: outages already marked on a published map
         self.endpoint: Optional[str] = None
@@ -187,7 +189,7 @@ class Pipeline:
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
                                        seed=o.seed, max_new_frames=o.max_new_frames or None,
-                                       warm_start=o.warm_start)
+                                       warm_start=o.warm_start, cpu_meter=self.cpu)
             for s in self._sources:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
@@ -205,7 +207,7 @@ class Pipeline:
                     log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)
             self.scheduler.start()
             self.ready.set()
-            t_start = time.monotonic()
+            t_start, cpu_start = time.monotonic(), time.process_time()
             readers = [threading.Thread(target=self._read, args=(s,), name=f"salstream-source-{s.stream_id}",
                                         daemon=True) for s in self._sources]
             for r in readers:
@@ -221,6 +223,7 @@ class Pipeline:
             if self.scheduler.error is not None:
                 raise self.scheduler.error
             seconds = time.monotonic() - t_start
+            self._process_cpu = time.process_time() - cpu_start
         except BaseException:
             failed = True
             raise
@@ -247,8 +250,13 @@ class Pipeline:
         lossless = not self.opts.paced
         frames = 0
         it = iter(source)
+        clock = time.thread_time
+        decode = preprocess = 0.0
         try:
+            c0 = clock()
             for unit in it:
+                c1 = clock()
+                decode += c1 - c0
                 if self._stop.is_set():
                     break
                 if isinstance(unit, VideoFrame):
@@ -263,7 +271,11 @@ class Pipeline:
                     c.on_unit(unit)
                 for w in asm.push(unit):
                     sched.submit(w, block=lossless)
+                c0 = clock()
+                preprocess += c0 - c1
         finally:
+            self.cpu.add("decode", decode)          # reading and decoding the source (PyAV, camera, …)
+            self.cpu.add("preprocess", preprocess)  # frame resize/normalise and log-mel slices, on arrival
             it.close()
             source.close()
             for w in asm.push(StreamEvent("end", stream_id=sid)):
@@ -301,9 +313,13 @@ class Pipeline:
 
     def _on_result(self, res: MapResult) -> None:
         w = res.window
+        c0 = time.thread_time()
         if self.opts.send_frames:
             self.publisher.send_frame(w.stream_id, w.target_index, w.target_pts, w.target_capture, w.image)
+        c1 = time.thread_time()
         h = self.publisher.publish_map(self.map_header(res), res.saliency, started=res.done_time)
+        self.cpu.add("preview", c1 - c0)                # JPEG of the frame for remote overlays
+        self.cpu.add("publish", time.thread_time() - c1)
         self.stats.add(h)
         for c in self.consumers:
             c.on_map(h, res.saliency)
@@ -311,6 +327,10 @@ class Pipeline:
     def _summary(self, seconds: float) -> RunSummary:
         sched, st = self.scheduler, self.stats
         notes = [line for c in self.consumers for line in c.summary()]
+        cpu = dict(self.cpu.seconds)
+        for c in self.consumers:                        # consumers that work in their own thread say how much
+            if getattr(c, "cpu_seconds", 0.0):
+                cpu[getattr(c, "name", type(c).__name__)] = c.cpu_seconds
         return RunSummary(
             maps=len(st.latencies), seconds=seconds, latencies_ms=list(st.latencies),
             stage_ms={k: v for k, v in st.stages.items() if v},
@@ -318,4 +338,4 @@ class Pipeline:
             modes=dict(st.modes), lagging_windows=sum(a.lagged_windows for a in self.assemblers.values()),
             batch_sizes=dict(sched.batch_sizes) if sched else {}, per_stream=dict(st.per_stream),
             source_errors=list(self._source_errors), gaps=sum(len(a.gaps) for a in self.assemblers.values()),
-            notes=notes)
+            notes=notes, cpu_s=cpu, process_cpu_s=self._process_cpu)

@@ -99,7 +99,8 @@ class Scheduler:
     def __init__(self, engine: Any, *, steps: Optional[int] = None, max_batch: int = 4,
                  batch_deadline: float = 0.005, on_result: Optional[Callable[[MapResult], None]] = None,
                  seed: int = 0, postprocess: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic,
-                 max_new_frames: Optional[int] = 4, warm_start: Optional[int] = None):
+                 max_new_frames: Optional[int] = 4, warm_start: Optional[int] = None,
+                 cpu_meter: Optional[Any] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.engine = engine
@@ -133,6 +134,7 @@ class Scheduler:
         self.processed: Counter[str] = Counter()
         self.batch_sizes: Counter[int] = Counter()
         self._frames_encoded_full = 0      # per-clip profiles encode every window's frames
+        self.cpu_meter = cpu_meter          # gets each batch's CPU time per stage (``CpuMeter.add``)
         self.error: Optional[BaseException] = None
 
     # ------------------------------------------------------------------ producer side
@@ -326,6 +328,9 @@ class Scheduler:
             prev = m
         handoff = t_begin - job.t_audio
         self.batch_sizes[n] += 1
+        if self.cpu_meter is not None:
+            for stage, ms in cpu.items():
+                self.cpu_meter.add(stage, ms / 1000.0)
         for i, w in enumerate(windows):
             self.processed[w.stream_id] += 1
             lat = {

@@ -25,6 +25,8 @@ class RunSummary:
     source_errors: list[str] = field(default_factory=list)   # streams that ended because their input failed
     gaps: int = 0                                             # source outages (reconnects) over all streams
     notes: list[str] = field(default_factory=list)            # lines from the consumers (recording, …)
+    cpu_s: dict[str, float] = field(default_factory=dict)     # CPU seconds per stage (thread time)
+    process_cpu_s: float = 0.0                                # CPU seconds of the whole process meanwhile
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -47,8 +49,35 @@ class RunSummary:
                      + "; batch sizes: " + ", ".join(f"{b}×{n}" for b, n in sorted(self.batch_sizes.items())))
         if self.gaps:
             lines.append(f"source outages: {self.gaps} (maps after each are marked with flags.gap)")
+        if self.cpu_s and self.seconds > 0:
+            share = {k: 100.0 * v / self.seconds for k, v in self.cpu_s.items()}
+            lines.append("CPU by stage (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in share.items() if v >= 0.5)
+                         + f"; whole process {100.0 * self.process_cpu_s / self.seconds:.0f}")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The figures as JSON-ready values (``--summary-json``, benchmarks)."""
+        return {"maps": self.maps, "seconds": round(self.seconds, 3), "maps_per_second": round(self.maps_per_second, 3),
+                "latency_ms": {f"p{q}": round(self.percentile(q), 3) for q in (50, 95, 99)} if self.latencies_ms else {},
+                "stage_ms_median": {k: round(float(np.median(v)), 3) for k, v in self.stage_ms.items()},
+                "dropped_windows": self.dropped_windows, "send_dropped": self.send_dropped, "modes": self.modes,
+                "lagging_windows": self.lagging_windows, "batch_sizes": {str(k): v for k, v in self.batch_sizes.items()},
+                "per_stream": self.per_stream, "source_errors": self.source_errors, "gaps": self.gaps,
+                "cpu_s": {k: round(v, 3) for k, v in self.cpu_s.items()}, "process_cpu_s": round(self.process_cpu_s, 3),
+                "notes": self.notes}
+
+
+class CpuMeter:
+    """CPU time (``time.thread_time``) spent per stage, summed over the threads that report it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
 class MapStats:

@@ -43,7 +43,7 @@ class OverlayRecorder:
     """
 
     def __init__(self, path: str | Path, fps: float = 30.0, *, audio_rate: Optional[int] = None,
-                 max_side: int = 960, crf: int = 23, preset: str = "veryfast"):
+                 max_side: int = 960, crf: int = 23, preset: str = "veryfast", threads: int = 0):
         self.path = Path(path)
         if self.path.suffix.lower() not in _FORMATS:
             raise SalstreamError(f"--record {path}: use a .mp4 (or .mkv/.mov) file name")
@@ -55,7 +55,7 @@ class OverlayRecorder:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self._tb = Fraction(round(self.fps * 1000), 1000).limit_denominator(100000)
         self.max_side = int(max_side)
-        self._opts = {"preset": preset, "crf": str(crf)}
+        self._opts = {"preset": preset, "crf": str(crf), "threads": str(int(threads))}   # threads 0: x264 picks
         self._audio_rate = audio_rate
         self._lock = threading.Lock()
         try:
@@ -175,13 +175,16 @@ class OverlayRecording(PairedConsumer):
     name = "recorder"
 
     def __init__(self, path: str | Path, stream_id: Optional[str] = None, *, alpha: float = 0.6,
-                 max_pending: int = 90):
+                 max_pending: int = 90, preset: str = "veryfast", threads: int = 1):
         super().__init__(stream_id or "0", max_delay=max_pending)
         self.path = Path(path)
         if self.path.suffix.lower() not in _FORMATS:
             raise SalstreamError(f"--record {path}: use a .mp4 (or .mkv/.mov) file name")
         self.alpha = alpha
         self._pick_first = stream_id is None
+        # x264 on this consumer's own thread (threads=1): its CPU stays countable and it never
+        # competes with the model's two stages for more than one core.
+        self._encoder_opts = {"preset": preset, "threads": threads}
         self.recorder: Optional[OverlayRecorder] = None
 
     def start(self, sources=(), publisher=None) -> None:
@@ -191,7 +194,7 @@ class OverlayRecording(PairedConsumer):
             src = next((s for s in sources if s.stream_id == self.stream_id), None)
             fps = getattr(src, "fps", 30.0) if src is not None else 30.0
             audio = 16000 if src is not None and src.has_audio else None
-            self.recorder = OverlayRecorder(self.path, fps=fps, audio_rate=audio)
+            self.recorder = OverlayRecorder(self.path, fps=fps, audio_rate=audio, **self._encoder_opts)
         super().start(sources, publisher)
 
     def write(self, frame, saliency: Optional[np.ndarray]) -> None:
