@@ -187,3 +187,24 @@ def test_int8_quantised_graphs_run_and_stay_close(tiny_exports, tmp_path):
     ref = predict_window(model, video, audio, "av", noise=noise)
     out = predict_window(engine, video, audio, "av", noise=noise)
     assert 0 < (out - ref).abs().max() < 0.2 and map_cc(out, ref) > 0.9
+
+
+def test_exports_are_cached_per_user_not_per_working_folder(tmp_path, monkeypatch):
+    """A run from another folder finds the graphs the first one exported (no second export)."""
+    from salstream.export.cache import default_cache_root
+    monkeypatch.setenv("SALSTREAM_CACHE", str(tmp_path / "cache"))
+    assert default_cache_root() == tmp_path / "cache" / "engines"
+    model = tiny_model(True, seed=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = make_engine("ort-cpu", model)
+    stamp = (first.artifacts / MANIFEST_NAME).stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path / "b")
+    second = make_engine("ort-cpu", model)
+    assert second.artifacts == first.artifacts and (second.artifacts / MANIFEST_NAME).stat().st_mtime_ns == stamp
+    written = [p for d in ("a", "b") for p in (tmp_path / d).rglob("*")]
+    assert not written, f"nothing is written into the working folders: {written}"
+    monkeypatch.delenv("SALSTREAM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == tmp_path / "xdg" / "salstream" / "engines"

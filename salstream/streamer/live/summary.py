@@ -39,6 +39,9 @@ class RunSummary:
         lines = [f"{self.maps} maps in {self.seconds:.1f} s ({self.maps_per_second:.1f} maps/s) from "
                  f"{len(self.per_stream)} stream(s); dropped windows: {self.dropped_windows} (latest wins), "
                  f"publisher drops: {self.send_dropped}"]
+        if len(self.per_stream) > 1 and self.seconds > 0:
+            lines.append("per stream: " + ", ".join(f"{sid} {n / self.seconds:.1f} maps/s"
+                                                    for sid, n in sorted(self.per_stream.items())))
         if self.latencies_ms:
             lines.append(f"capture→publish latency: p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, "
                          f"p99 {self.percentile(99):.1f} ms (max {max(self.latencies_ms):.1f} ms)")
