@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -78,7 +77,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "gets every map")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     p.set_defaults(func=run)
     return p
 
@@ -108,9 +106,6 @@ def run(args: argparse.Namespace) -> int:
     from salstream.runtime import load_engine
     from salstream.streamer.live.pipeline import Pipeline
 
-    # Our own progress at INFO; third-party libraries (e.g. ONNX export) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
-    logging.getLogger("salstream").setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
     opts.validate()                       # bad numbers fail before the model loads
     consumers = []

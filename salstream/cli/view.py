@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 import time
 from typing import Optional
@@ -100,8 +99,6 @@ def view(args: argparse.Namespace) -> int:
     from salstream.streamer.overlay.recording import OverlayRecorder
     from salstream.streamer.overlay.render import has_gui
 
-    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
-    logging.getLogger("salstream").setLevel(logging.INFO)
     if args.record is None and not has_gui():
         raise SalstreamError("this OpenCV build cannot open windows (opencv-python-headless); record instead "
                              "with --record overlay.mp4, or install opencv-python for a live window")
