@@ -18,6 +18,7 @@ from salstream.errors import SalstreamError
 SUBCOMMANDS: dict[str, str] = {
     "run": "salstream.cli.run",
     "view": "salstream.cli.view",
+    "web": "salstream.cli.web",
     "encode": "salstream.cli.encode",
     "export": "salstream.cli.export",
     "train": "salstream.diffsal.train",
