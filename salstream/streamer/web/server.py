@@ -42,6 +42,9 @@ STATIC_FILES = {"index.html": "text/html", "viewer.js": "text/javascript", "view
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 MAX_CLIENT_MESSAGE = 64 * 1024
+# Per client, what the kernel may hold unsent: a few previews. More would show a slow browser
+# seconds-old pictures (automatic tuning grows it to megabytes) before "newest only" applies.
+SEND_BUFFER = 256 * 1024
 BOUNDARY = "salstreamframe"
 
 
@@ -60,10 +63,11 @@ class WebViewer:
     The listening socket is bound at construction (a busy port fails at once, before a run
     loads its model); :meth:`connect` subscribes, :meth:`start` serves in a background thread
     with its own event loop, :meth:`close` ends both. ``alpha`` is the opacity of the
-    server-side (MJPEG) overlay.
+    server-side (MJPEG) overlay; ``send_buffer`` the bytes each client's socket may hold unsent.
     """
 
-    def __init__(self, listen: str = DEFAULT_LISTEN, *, allow_remote: bool = False, alpha: float = 0.6):
+    def __init__(self, listen: str = DEFAULT_LISTEN, *, allow_remote: bool = False, alpha: float = 0.6,
+                 send_buffer: int = SEND_BUFFER):
         host, port = parse_listen(listen, allow_remote)
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -76,6 +80,7 @@ class WebViewer:
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
         self.alpha = float(alpha)
+        self.send_buffer = int(send_buffer)
         self.bridge: Optional[MapBridge] = None
         self.clients = 0            # browsers and MJPEG clients served so far
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -211,6 +216,7 @@ class WebViewer:
     async def _mjpeg(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                            "Cache-Control": "no-store"})
+        self._bound_send_buffer(request)
         await resp.prepare(request)
         self.clients += 1
         self._open.add(resp)
@@ -236,6 +242,7 @@ class WebViewer:
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_CLIENT_MESSAGE)
+        self._bound_send_buffer(request)
         await ws.prepare(request)
         self.clients += 1
         self._open.add(ws)
@@ -252,6 +259,11 @@ class WebViewer:
             sender.cancel()
             self._open.discard(ws)
         return ws
+
+    def _bound_send_buffer(self, request: web.Request) -> None:
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
 
     @staticmethod
     def _client_message(text: str, client: dict) -> None:
