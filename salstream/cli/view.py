@@ -100,8 +100,9 @@ def view(args: argparse.Namespace) -> int:
     from salstream.streamer.overlay.render import has_gui
 
     if args.record is None and not has_gui():
-        raise SalstreamError("this OpenCV build cannot open windows (opencv-python-headless); record instead "
-                             "with --record overlay.mp4, or install opencv-python for a live window")
+        raise SalstreamError(f"this OpenCV build has no windows (salstream uses opencv-python-headless); watch it "
+                             f"in a browser instead: salstream web --connect {args.address} (then open "
+                             "http://127.0.0.1:8080/), or record it with --record overlay.mp4")
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -23,7 +23,8 @@ from salstream.streamer.wire.format import FrameMessage, MapMessage, WireError
 
 log = logging.getLogger("salstream.web")
 
-STATS_SECONDS = 5.0       # maps/s and latency percentiles over this much recent time
+STATS_SECONDS = 5.0       # maps/s and latency percentiles over this much recent time…
+STATS_MIN_MAPS = 10       # …or over the last maps, for streams slower than that
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,7 @@ class MapBridge:
                                               None if frame is None else frame.jpeg, frame_info)
             recent = self._recent.setdefault(msg.stream, deque())
             recent.append((now, latency))
-            while recent and now - recent[0][0] > self.stats_seconds:
-                recent.popleft()
+            self._prune(recent, now)
             self._arrival[msg.stream] = now
             self.maps += 1
             self.last_map_time = now
@@ -129,17 +129,23 @@ class MapBridge:
         out = {}
         with self._lock:
             for sid, recent in self._recent.items():
-                while recent and now - recent[0][0] > self.stats_seconds:
-                    recent.popleft()
+                self._prune(recent, now)
                 lat = [x for _, x in recent]
-                window = min(self.stats_seconds, now - recent[0][0]) if len(recent) > 1 else self.stats_seconds
+                age = now - self._arrival[sid]
+                # Rate up to now (it falls when maps stop); stale once the usual gap is clearly exceeded.
+                rate = (len(recent) - 1) / max(now - recent[0][0], 1e-3) if len(recent) > 1 else 0.0
+                gap = (recent[-1][0] - recent[0][0]) / (len(recent) - 1) if len(recent) > 1 else 1.0
                 newest = self._latest[sid]
-                out[sid] = {"maps_per_s": round(len(recent) / max(window, 1e-3), 2) if len(recent) > 1 else 0.0,
+                out[sid] = {"maps_per_s": round(rate, 2),
                             "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat else None,
                             "p95_ms": round(float(np.percentile(lat, 95)), 2) if lat else None,
-                            "age_s": round(now - self._arrival[sid], 2),
+                            "age_s": round(age, 2), "stale": age > max(3.0, 3.0 * gap),
                             "frame_index": newest.map_info["frame_index"], "mode": newest.map_info["mode"]}
         return out
+
+    def _prune(self, recent: deque, now: float) -> None:
+        while len(recent) > STATS_MIN_MAPS and now - recent[0][0] > self.stats_seconds:
+            recent.popleft()
 
     def overlay_jpeg(self, stream: str, alpha: float = 0.6, quality: int = 80) -> Optional[bytes]:
         """The newest map of ``stream`` blended over its frame (server side, for clients without

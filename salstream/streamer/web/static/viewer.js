@@ -124,19 +124,20 @@ function caption(tile) {
   const m = tile.map, s = state.stats[tile.sid];
   const parts = [`<span class="sid">stream ${esc(tile.sid)}</span>`];
   if (m) {
-    parts.push(`frame ${m.info.frame_index}`, `${Number(m.info.pts).toFixed(2)} s`,
-      `<span class="mode ${esc(m.info.mode)}">${modeName(m.info.mode)}</span>`);
+    parts.push(`frame ${m.info.frame_index}`, `${Number(m.info.pts).toFixed(2)} s`);
+    const badges = [`<span class="mode ${esc(m.info.mode)}">${modeName(m.info.mode)}</span>`];
     for (const [k, v] of Object.entries(m.info.flags || {})) {
-      if (v) parts.push(`<span class="flag">${esc(k.replace(/_/g, " "))}${v === true ? "" : " " + esc(v)}</span>`);
+      if (v) badges.push(`<span class="flag">${esc(k.replace(/_/g, " "))}${v === true ? "" : " " + esc(v)}</span>`);
     }
+    parts.push(badges.join(" "));
   }
   if (s) {
     parts.push(`${s.maps_per_s.toFixed(1)} maps/s`);
     if (s.p50_ms !== null) parts.push(`p50 ${s.p50_ms.toFixed(0)} ms · p95 ${s.p95_ms.toFixed(0)} ms`);
-    if (s.age_s > 2) parts.push(`<span class="stale">no map for ${s.age_s.toFixed(0)} s</span>`);
+    if (s.stale) parts.push(`<span class="stale">no map for ${s.age_s.toFixed(0)} s</span>`);
   }
   if (state.paused) parts.push('<span class="flag">paused</span>');
-  tile.cap.innerHTML = parts.join(" · ");
+  tile.cap.innerHTML = parts.map((p) => `<span>${p}</span>`).join("");
 }
 
 const modeName = (m) => ({ av: "audio-visual", video: "video only", audio: "audio only" })[m] || esc(m);
@@ -185,7 +186,7 @@ function onMap(info, data) {
 
 function onStreams(list) {
   state.streams = list;
-  for (const sid of list) tileFor(sid);
+  for (const sid of list) ui.tiles.append(tileFor(sid).fig);      // tiles in stream order
   ui.waiting.hidden = list.length > 0;
   for (const b of [...ui.picker.querySelectorAll("button")]) if (b.dataset.stream !== "*") b.remove();
   for (const sid of list) {
@@ -201,11 +202,11 @@ function onStats(msg) {
   const t = Date.now() / 1000;
   for (const [sid, s] of Object.entries(state.stats)) {
     const h = state.history[sid] || (state.history[sid] = []);
-    h.push({ t, rate: s.maps_per_s, p50: s.age_s > 2 ? null : s.p50_ms, p95: s.age_s > 2 ? null : s.p95_ms });
+    h.push({ t, rate: s.maps_per_s, p50: s.stale ? null : s.p50_ms, p95: s.stale ? null : s.p95_ms });
     while (h.length && t - h[0].t > 60) h.shift();
   }
   for (const tile of tiles.values()) caption(tile);
-  const stale = Object.values(state.stats).length && Object.values(state.stats).every((s) => s.age_s > 2);
+  const stale = Object.values(state.stats).length && Object.values(state.stats).every((s) => s.stale);
   setConnection(stale ? "no maps: publisher stopped?" : "live", stale ? "warn" : "ok");
   drawChart();
 }
@@ -275,7 +276,7 @@ function drawChart() {
   const maxMs = Math.max(10, ...hist.map((p) => p.p95 || 0)) * 1.15;
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = "#9aa0a6";
-  ctx.fillText(maxRate.toFixed(0), 4, 12); ctx.fillText("0", 4, h - 4);
+  ctx.fillText(`${maxRate.toFixed(maxRate < 10 ? 1 : 0)}/s`, 4, 12); ctx.fillText("0", 4, h - 4);
   ctx.fillText(`${maxMs.toFixed(0)} ms`, w - pad + 2, 12);
   const line = (key, max, colour) => {
     ctx.strokeStyle = colour; ctx.lineWidth = 2; ctx.beginPath();
