@@ -60,14 +60,33 @@ def add_logging_options(parser: argparse.ArgumentParser, top_level: bool = False
                    help="salstream's log level (default: info; overrides -v/-q)")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message is logged (a caller may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(args: argparse.Namespace) -> None:
     """The one logging set-up of the command line: salstream's messages at the chosen level,
-    other libraries' (e.g. the ONNX exporter's) only when they warn, unless -vv."""
+    other libraries' (e.g. the ONNX exporter's) only when they warn, unless -vv. A program that
+    configured logging itself (and calls ``main``) keeps its handlers; only salstream's level is set."""
     verbose = getattr(args, "verbose", 0) or 0
     level = (args.log_level.upper() if getattr(args, "log_level", None)
              else "WARNING" if getattr(args, "quiet", False) else "DEBUG" if verbose else "INFO")
-    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING,
-                        format="salstream: %(message)s", stream=sys.stderr, force=True)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
+    if len(ours) == len(root.handlers):
+        if not ours:
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("salstream: %(message)s"))
+            root.addHandler(handler)
+        root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     logging.getLogger("salstream").setLevel(level)
 
 

@@ -1,9 +1,12 @@
 """``salstream run --web``: the browser viewer of a run, subscribed to the run's own publisher."""
 from __future__ import annotations
 
+import logging
 import re
 
 from salstream.errors import SalstreamError
+
+log = logging.getLogger("salstream.web")
 
 _ANY_HOST = re.compile(r"^tcp://(0\.0\.0\.0|\*|\[::\]|::):")
 
@@ -34,6 +37,7 @@ class WebViewing:
             self.viewer.close()
             raise SalstreamError("--web shows what the run publishes: give the run a --publish address")
         self.viewer.connect(local_address(publisher.endpoint)).start()
+        log.info("web viewer: open %s", self.viewer.url)
 
     def on_unit(self, unit) -> None:
         pass

@@ -108,7 +108,7 @@ class WebViewer:
             self._ready.wait(30)
             if self._error is not None:
                 raise self._error
-            log.info("web viewer: %s (maps from %s)", self.url, self.bridge.address)
+            log.debug("web viewer: %s (maps from %s)", self.url, self.bridge.address)
         return self
 
     def close(self) -> None:
