@@ -106,8 +106,8 @@ def test_run_saves_maps_and_writes_the_summary_json(small_checkpoint, tmp_path, 
     assert code == 0, err
     data = json.loads(summary.read_text())
     assert data["maps"] == 12 and data["per_stream"] == {"0": 12} and data["modes"] == {"av": 12}
-    assert 0 < data["latency_ms"]["p50"] <= data["latency_ms"]["p95"] <= data["latency_ms"]["max"]
-    assert data["maps_per_second"] > 0 and "denoise" in data["stage_median_ms"]
+    assert 0 < data["latency_ms"]["p50"] <= data["latency_ms"]["p95"] <= data["latency_ms"]["p99"]
+    assert data["maps_per_second"] > 0 and data["stage_ms_median"]["denoise"] > 0
     assert any(n.startswith("maps saved: 12") for n in data["notes"]) and "maps saved: 12" in out
     assert len(load_saved_maps(maps)) == 12
     assert "salstream: " not in err                                # --log-level warning: no progress lines

@@ -39,22 +39,6 @@ class RunSummary:
     def maps_per_second(self) -> float:
         return self.maps / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict:
-        """The summary as plain JSON values (``--summary-json``); latencies in ms, capture→publish."""
-        lat = self.latencies_ms
-        return {
-            "maps": self.maps, "seconds": round(self.seconds, 3), "maps_per_second": round(self.maps_per_second, 3),
-            "latency_ms": ({q: round(self.percentile(p), 3) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
-                           | {"mean": round(float(np.mean(lat)), 3), "max": round(max(lat), 3)}) if lat else None,
-            "stage_median_ms": {k: round(float(np.median(self.stage_ms[k])), 3)
-                                for k in LATENCY_STAGES if self.stage_ms.get(k)},
-            "dropped_windows": self.dropped_windows, "send_dropped": self.send_dropped,
-            "modes": dict(sorted(self.modes.items())), "lagging_windows": self.lagging_windows,
-            "batch_sizes": {str(b): n for b, n in sorted(self.batch_sizes.items())},
-            "per_stream": dict(self.per_stream), "source_errors": list(self.source_errors), "gaps": self.gaps,
-            "notes": list(self.notes),
-        }
-
     def write_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` to ``path`` (under a temporary name first: never half a file)."""
         target = Path(path)
