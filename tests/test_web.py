@@ -276,3 +276,25 @@ def test_listen_address_rules():
     assert local_address("tcp://0.0.0.0:5556") == "tcp://127.0.0.1:5556"
     assert local_address("tcp://[::]:5556") == "tcp://[::1]:5556"
     assert local_address("tcp://127.0.0.1:5556") == "tcp://127.0.0.1:5556"
+
+
+def test_other_sites_cannot_read_the_viewer():
+    """Frames are camera pictures: a page of another origin (cross-site WebSocket) or a host name
+    that is not loopback (DNS rebinding) is refused; the viewer's own page and plain clients are not."""
+    with WebViewer("127.0.0.1:0") as viewer:
+        viewer.connect("tcp://127.0.0.1:1").start()          # nobody publishes there: the page just waits
+
+        async def probe():
+            async with aiohttp.ClientSession() as http:
+                async with http.get(viewer.url) as r:
+                    own = r.status
+                async with http.get(viewer.url, headers={"Host": f"evil.example:{viewer.port}"}) as r:
+                    rebound = r.status
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(viewer.url + "ws", headers={"Origin": "http://evil.example"})
+                async with http.ws_connect(viewer.url + "ws", headers={"Origin": viewer.url.rstrip("/")}) as ws:
+                    hello = await ws.receive_json(timeout=10)
+            return own, rebound, refused.value.status, hello
+
+        own, rebound, refused, hello = asyncio.run(probe())
+    assert (own, rebound, refused, hello["type"]) == (200, 403, 403, "hello")

@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 from salstream.errors import SalstreamError
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.web.bridge import MapBridge
-from salstream.streamer.wire.publisher import refuse_remote
+from salstream.streamer.wire.publisher import is_loopback, refuse_remote
 
 log = logging.getLogger("salstream.web")
 
@@ -69,6 +69,7 @@ class WebViewer:
     def __init__(self, listen: str = DEFAULT_LISTEN, *, allow_remote: bool = False, alpha: float = 0.6,
                  send_buffer: int = SEND_BUFFER):
         host, port = parse_listen(listen, allow_remote)
+        self.loopback_only = is_loopback(host)
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             self._sock = socket.create_server((host, port), family=family, backlog=64)
@@ -176,7 +177,7 @@ class WebViewer:
 
     # ------------------------------------------------------------------ routes
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_CLIENT_MESSAGE)
+        app = web.Application(client_max_size=MAX_CLIENT_MESSAGE, middlewares=[self._same_origin])
         app.router.add_get("/", self._static)
         app.router.add_get("/{name:index\\.html|viewer\\.js|viewer\\.css}", self._static)
         app.router.add_get("/ws", self._websocket)
@@ -186,6 +187,20 @@ class WebViewer:
         app.router.add_get("/snapshot/{stream}", self._snapshot)
         app.router.add_get("/streams", self._streams)
         return app
+
+    @web.middleware
+    async def _same_origin(self, request: web.Request, handler):
+        """Only pages of this server may use it from a browser. Frames are camera pictures: another
+        site open in the same browser must not read them through the WebSocket (which ignores
+        CORS), nor reach a loopback viewer under its own host name (DNS rebinding)."""
+        host = request.host.rpartition(":")[0] if request.host.count(":") == 1 or request.host.startswith("[") \
+            else request.host
+        if self.loopback_only and not is_loopback(host.strip("[]") or request.host):
+            raise web.HTTPForbidden(text=f"host {request.host!r} is not this viewer's loopback address\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.partition("://")[2].rstrip("/") != request.host:
+            raise web.HTTPForbidden(text=f"origin {origin!r} is not this viewer\n")
+        return await handler(request)
 
     async def _static(self, request: web.Request) -> web.Response:
         name = request.match_info.get("name", "index.html")

@@ -44,13 +44,13 @@ def check_bind_address(address: str, allow_remote: bool = False) -> str:
 
 def refuse_remote(host: str, what: str, loopback_example: str, allow_remote: bool = False) -> None:
     """The one rule for every socket salstream listens on: loopback only unless ``--allow-remote``."""
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise SalstreamError(f"{what}: {host} is not a loopback address, so maps would be visible "
                              "to other machines; add --allow-remote to do that on purpose, or use "
                              f"{loopback_example}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
     try:
