@@ -27,7 +27,7 @@ from salstream.streamer.live.sources import open_source
 from salstream.streamer.live.sources.synthetic import SyntheticSource
 from salstream.streamer.live.sources.webcam import WebcamSource
 from salstream.streamer.wire import format as wire
-from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher, _is_loopback
+from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher, is_loopback
 from salstream.streamer.wire.subscriber import Subscriber
 from tests.support.media import write_test_clip
 from tests.support.process import open_descriptors, settled
@@ -343,7 +343,7 @@ def test_binds_loopback_by_default_and_other_interfaces_need_the_flag(capsys):
     sub = argparse.ArgumentParser().add_subparsers()
     args = add_parser(sub).parse_args([])
     assert args.publish == DEFAULT_ADDRESS == PipelineOptions().publish
-    assert _is_loopback(DEFAULT_ADDRESS[len("tcp://"):].rpartition(":")[0])
+    assert is_loopback(DEFAULT_ADDRESS[len("tcp://"):].rpartition(":")[0])
     with Publisher("tcp://127.0.0.1:*") as pub:
         assert _listening(int(pub.endpoint.rpartition(":")[2])) == {"127.0.0.1"}
     for address in ("tcp://0.0.0.0:5599", "tcp://*:5599", "tcp://[::]:5599", "tcp://eth0:5599"):

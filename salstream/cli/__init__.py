@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from salstream.errors import SalstreamError
 SUBCOMMANDS: dict[str, str] = {
     "run": "salstream.cli.run",
     "view": "salstream.cli.view",
+    "web": "salstream.cli.web",
     "encode": "salstream.cli.encode",
     "export": "salstream.cli.export",
     "train": "salstream.diffsal.train",
@@ -30,11 +32,62 @@ def build_parser() -> argparse.ArgumentParser:
         prog="salstream",
         description="Real-time audio-visual saliency (DiffSal) for live video, published over ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"salstream {__version__}")
+    add_logging_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
+    for name, command in sub.choices.items():
+        if name != "bench":             # bench hands every argument to `python -m benchmarks`
+            add_logging_options(command)
     _add_bench(sub)
     return parser
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_logging_options(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """-v/-q/--log-level, accepted before the command (``salstream -v run``) and after it."""
+    # A sub-command's defaults would overwrite what was given before the command: only the
+    # top level sets defaults.
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    g = parser.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="count", default=default(0),
+                   help="more detail: -v salstream's debug messages, -vv also those of the libraries it uses")
+    g.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                   help="only warnings, errors and the final summary")
+    g.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, default=default(None),
+                   help="salstream's log level (default: info; overrides -v/-q)")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message is logged (a caller may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """The one logging set-up of the command line: salstream's messages at the chosen level,
+    other libraries' (e.g. the ONNX exporter's) only when they warn, unless -vv. A program that
+    configured logging itself (and calls ``main``) keeps its handlers; only salstream's level is set."""
+    verbose = getattr(args, "verbose", 0) or 0
+    level = (args.log_level.upper() if getattr(args, "log_level", None)
+             else "WARNING" if getattr(args, "quiet", False) else "DEBUG" if verbose else "INFO")
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
+    if len(ours) == len(root.handlers):
+        if not ours:
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("salstream: %(message)s"))
+            root.addHandler(handler)
+        root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    logging.getLogger("salstream").setLevel(level)
 
 
 def checkout_root(start: Optional[Path] = None) -> Optional[Path]:
@@ -71,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    configure_logging(args)
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from salstream.errors import SalstreamError
+from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
 DEMO_RECORD = "out/overlay.mp4"
@@ -45,8 +47,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "modality")
     p.add_argument("--publish", default=DEFAULT_ADDRESS, metavar="ADDR",
                    help="ZeroMQ address to bind (PUB; default %(default)s); loopback only unless --allow-remote")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface "
-                   "(maps become visible to other machines)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface for "
+                   "--publish and --web (maps become visible to other machines)")
+    p.add_argument("--web", default=None, metavar="HOST:PORT", nargs="?", const=DEFAULT_LISTEN,
+                   help=f"also serve the browser viewer of this run (as `salstream web`; default {DEFAULT_LISTEN} "
+                        "when given without a value)")
+    p.add_argument("--save-maps", default=None, metavar="DIR",
+                   help="write every map with its frame index and timestamps to DIR/<stream>/maps.npz (+ "
+                        "headers.jsonl; layout in the README), written as the run goes; DIR must be new or empty")
+    p.add_argument("--save-png", action="store_true",
+                   help="with --save-maps: also write 8-bit PNGs named by frame, DIR/<stream>/png/0001.png, …")
+    p.add_argument("--summary-json", default=None, metavar="FILE",
+                   help="write the run summary (maps/s, latency percentiles, drops, modes, …) to FILE as JSON")
     p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
                    f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
     p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
@@ -78,7 +90,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "gets every map")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     p.set_defaults(func=run)
     return p
 
@@ -108,16 +119,23 @@ def run(args: argparse.Namespace) -> int:
     from salstream.runtime import load_engine
     from salstream.streamer.live.pipeline import Pipeline
 
-    # Our own progress at INFO; third-party libraries (e.g. ONNX export) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
-    logging.getLogger("salstream").setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
     opts.validate()                       # bad numbers fail before the model loads
+    if args.save_png and args.save_maps is None:
+        raise SalstreamError("--save-png writes beside the saved maps: add --save-maps DIR")
+    if args.summary_json is not None and Path(args.summary_json).is_dir():
+        raise SalstreamError(f"--summary-json {args.summary_json}: is a folder; give a file name, e.g. summary.json")
     consumers = []
     record = record_path(args)
     if record is not None:
         from salstream.streamer.overlay.recording import OverlayRecording
         consumers.append(OverlayRecording(record, preset=args.record_preset))
+    if args.save_maps is not None:
+        from salstream.streamer.saved_maps import MapSaver
+        consumers.append(MapSaver(args.save_maps, png=args.save_png))
+    if args.web is not None:
+        from salstream.streamer.web.consumer import WebViewing
+        consumers.append(WebViewing(args.web, allow_remote=args.allow_remote))   # binds now: a busy port fails early
 
     def engine():
         return load_engine(args.profile, args.checkpoint, args.engine, args.threads, args.artifacts)[0]
@@ -140,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     print(summary.format())
+    if args.summary_json is not None:
+        summary.write_json(args.summary_json)
     if summary.source_errors and not stopping.is_set():
         # The input failed (camera gone for good, unreadable file): say so once per stream, exit 1.
         for message in summary.source_errors:

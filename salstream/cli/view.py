@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 import time
 from typing import Optional
@@ -100,11 +99,10 @@ def view(args: argparse.Namespace) -> int:
     from salstream.streamer.overlay.recording import OverlayRecorder
     from salstream.streamer.overlay.render import has_gui
 
-    logging.basicConfig(level=logging.WARNING, format="salstream: %(message)s", stream=sys.stderr)
-    logging.getLogger("salstream").setLevel(logging.INFO)
     if args.record is None and not has_gui():
-        raise SalstreamError("this OpenCV build cannot open windows (opencv-python-headless); record instead "
-                             "with --record overlay.mp4, or install opencv-python for a live window")
+        raise SalstreamError(f"this OpenCV build has no windows (salstream uses opencv-python-headless); watch it "
+                             f"in a browser instead: salstream web --connect {args.address} (then open "
+                             "http://127.0.0.1:8080/), or record it with --record overlay.mp4")
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -55,3 +55,46 @@ class SlowEngine:
         self.batches.append(x_t.shape[0])
         time.sleep(self.delay)
         return self.inner.denoise(x_t, t, v, a)
+
+
+class RunningPipeline:
+    """A :class:`~salstream.streamer.live.pipeline.Pipeline` run in a thread until :meth:`stop` (or the
+    ``with`` block ends); an error of the run is raised there."""
+
+    def __init__(self, pipe, ready_timeout: float = 60.0):
+        import threading
+        self.pipe = pipe
+        self.summary = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="test-pipeline", daemon=True)
+        self._thread.start()
+        if not pipe.ready.wait(ready_timeout) and self._error is None:
+            raise TimeoutError("the pipeline did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.pipe.run()
+        except BaseException as exc:
+            self._error = exc
+            self.pipe.ready.set()
+
+    @property
+    def endpoint(self) -> str:
+        return self.pipe.endpoint
+
+    def stop(self, timeout: float = 60.0):
+        self.pipe.stop()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the pipeline did not stop"
+        if self._error is not None:
+            raise self._error
+        return self.summary
+
+    def __enter__(self) -> "RunningPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self.stop()

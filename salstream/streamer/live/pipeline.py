@@ -41,7 +41,7 @@ class PipelineOptions:
     mic: Optional[str] = None
     steps: Optional[int] = None
     hop: int = 1
-    publish: str = DEFAULT_ADDRESS
+    publish: Optional[str] = DEFAULT_ADDRESS   # None: no socket; the consumers still get every map
     allow_remote: bool = False
     paced: bool = True
     max_batch: int = 4
@@ -199,9 +199,10 @@ class Pipeline:
             for c in self.consumers:
                 c.start(self._sources, self.publisher)
                 started.append(c)
-            log.info("publishing %s maps on %s (engine %s, %d steps)", engine.config.profile, self.endpoint,
+            log.info("%s %s maps%s (engine %s, %d steps)", "publishing" if self.endpoint else "computing",
+                     engine.config.profile, f" on {self.endpoint}" if self.endpoint else "",
                      getattr(engine, "name", "?"), self.scheduler.steps)
-            if o.wait_subscriber > 0:
+            if o.wait_subscriber > 0 and self.endpoint:
                 log.info("waiting up to %.0f s for a subscriber on %s", o.wait_subscriber, self.endpoint)
                 if not self.publisher.wait_for_subscriber(o.wait_subscriber, stop=self._stop) and not self._stop.is_set():
                     log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)

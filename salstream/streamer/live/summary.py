@@ -1,12 +1,16 @@
 """What a run did: maps, latency per stage, drops, modes — collected from the published headers."""
 from __future__ import annotations
 
+import json
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from salstream.errors import SalstreamError
 from salstream.streamer.wire.format import LATENCY_STAGES, MapHeader
 
 
@@ -34,6 +38,17 @@ class RunSummary:
     @property
     def maps_per_second(self) -> float:
         return self.maps / self.seconds if self.seconds > 0 else 0.0
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` (under a temporary name first: never half a file)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise SalstreamError(f"--summary-json {path}: cannot write it ({exc})") from None
 
     def format(self) -> str:
         lines = [f"{self.maps} maps in {self.seconds:.1f} s ({self.maps_per_second:.1f} maps/s) from "

@@ -38,14 +38,19 @@ def check_bind_address(address: str, allow_remote: bool = False) -> str:
     if not host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
         raise SalstreamError(f"--publish {address}: expected tcp://HOST:PORT with a numeric port, "
                              f"e.g. {DEFAULT_ADDRESS}")
-    if not allow_remote and not _is_loopback(host):
-        raise SalstreamError(f"--publish {address}: {host} is not a loopback address, so maps would be visible "
-                             "to other machines; add --allow-remote to do that on purpose, or use "
-                             "tcp://127.0.0.1:PORT")
+    refuse_remote(host, f"--publish {address}", "tcp://127.0.0.1:PORT", allow_remote)
     return address
 
 
-def _is_loopback(host: str) -> bool:
+def refuse_remote(host: str, what: str, loopback_example: str, allow_remote: bool = False) -> None:
+    """The one rule for every socket salstream listens on: loopback only unless ``--allow-remote``."""
+    if not allow_remote and not is_loopback(host):
+        raise SalstreamError(f"{what}: {host} is not a loopback address, so maps would be visible "
+                             "to other machines; add --allow-remote to do that on purpose, or use "
+                             f"{loopback_example}")
+
+
+def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -61,18 +66,32 @@ class Publisher:
     ``payload_dtype``: ``"float32"`` or ``"uint8"`` (see :mod:`salstream.streamer.wire.format`).
     ``frame_max_side`` / ``jpeg_quality``: frame previews (``send_frame``) are
     downscaled so their longer side is at most this many pixels.
+    ``address=None``: no socket at all (in-process use, e.g. the Python API): maps are
+    still stamped (``seq``, times) for the pipeline's consumers, and nothing is sent.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, allow_remote: bool = False, hwm: int = 16,
+    def __init__(self, address: Optional[str] = DEFAULT_ADDRESS, *, allow_remote: bool = False, hwm: int = 16,
                  payload_dtype: str = "float32", frame_max_side: int = 640, jpeg_quality: int = 80,
                  context: Optional[zmq.Context] = None):
-        check_bind_address(address, allow_remote)
+        if address is not None:
+            check_bind_address(address, allow_remote)
         if payload_dtype not in wire.PAYLOAD_DTYPES:
             raise SalstreamError(f"payload dtype {payload_dtype!r}: choose one of {', '.join(wire.PAYLOAD_DTYPES)}")
         self.address = address
         self.payload_dtype = payload_dtype
         self.frame_max_side = int(frame_max_side)
         self.jpeg_quality = int(jpeg_quality)
+        self._lock = threading.Lock()   # a zmq socket must not be used by two threads at once
+        self._seq: dict[str, int] = defaultdict(int)
+        self.sent = 0
+        self.send_dropped = 0
+        self.frames_sent = 0
+        self.subscribers_seen = 0
+        self._sends = 0
+        self._sock: Optional[zmq.Socket] = None
+        self.endpoint: Optional[str] = None
+        if address is None:
+            return
         self._ctx = context or zmq.Context.instance()
         # XPUB sends exactly like PUB but also reports subscriptions, so a caller can wait
         # for its first subscriber (wait_for_subscriber) instead of losing the first maps.
@@ -90,15 +109,10 @@ class Publisher:
             raise SalstreamError(f"--publish {address}: cannot bind ({exc}); use tcp://127.0.0.1:PORT") from None
         # The endpoint actually bound (resolves tcp://127.0.0.1:* to a real port).
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._lock = threading.Lock()   # a zmq socket must not be used by two threads at once
-        self._seq: dict[str, int] = defaultdict(int)
-        self.sent = 0
-        self.send_dropped = 0
-        self.frames_sent = 0
-        self.subscribers_seen = 0
-        self._sends = 0
 
     def _send(self, parts: list[bytes]) -> bool:
+        if self._sock is None:
+            return False
         self._sends += 1
         if self._sends % 64 == 0:          # subscription notices are not needed after start-up
             while self._sock.poll(0, zmq.POLLIN):
@@ -114,6 +128,8 @@ class Publisher:
     def wait_for_subscriber(self, timeout: float, stop: Optional[threading.Event] = None) -> bool:
         """Block up to ``timeout`` s (or until ``stop`` is set) until some subscriber has subscribed;
         True if one did."""
+        if self._sock is None:
+            return False
         deadline = time.monotonic() + timeout
         while stop is None or not stop.is_set():
             remaining = deadline - time.monotonic()
@@ -147,7 +163,8 @@ class Publisher:
         """
         t0 = time.monotonic() if started is None else started
         header = wire.MapHeader.of(header)
-        payload = wire.encode_map_payload(saliency, self.payload_dtype)
+        # Without a socket nothing is serialised: the stamped header is all the consumers need.
+        payload = wire.encode_map_payload(saliency, self.payload_dtype) if self._sock is not None else b""
         with self._lock:
             seq = self._seq[header.stream]
             self._seq[header.stream] = seq + 1
@@ -155,13 +172,17 @@ class Publisher:
             h = header.replace(seq=seq, dtype=self.payload_dtype, send_dropped=self.send_dropped,
                                latency_ms=dict(header.latency_ms, publish=(now - t0) * 1000.0),
                                publish_time=now, publish_wall=time.time())
-            if self._send(wire.pack_map(h, np.shape(saliency), payload)):
+            if self._sock is None:
+                h = h.replace(shape=tuple(int(x) for x in np.shape(saliency)))
+            elif self._send(wire.pack_map(h, np.shape(saliency), payload)):
                 self.sent += 1
         return h
 
     def send_frame(self, stream_id: str, frame_index: int, pts: float, capture_time: float,
                    image_rgb: np.ndarray) -> None:
         """Send a JPEG preview of a frame (topic ``frame/<stream>``) for remote overlays."""
+        if self._sock is None:
+            return
         import cv2
         h, w = image_rgb.shape[:2]
         scale = min(1.0, self.frame_max_side / max(h, w))
@@ -182,7 +203,7 @@ class Publisher:
 
     def close(self) -> None:
         with self._lock:
-            if not self._sock.closed:
+            if self._sock is not None and not self._sock.closed:
                 self._sock.close(0)
 
     def __enter__(self) -> "Publisher":
