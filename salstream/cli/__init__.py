@@ -13,32 +13,48 @@ from typing import Callable, Optional
 from salstream import __version__
 from salstream.errors import SalstreamError
 
-# sub-command name -> module that defines ``add_parser(subparsers)`` returning the parser
-# and setting ``func`` via ``set_defaults``.
-SUBCOMMANDS: dict[str, str] = {
-    "run": "salstream.cli.run",
-    "view": "salstream.cli.view",
-    "web": "salstream.cli.web",
-    "encode": "salstream.cli.encode",
-    "export": "salstream.cli.export",
-    "train": "salstream.diffsal.train",
-    "eval": "salstream.diffsal.evaluate",
-    "convert-official": "salstream.diffsal.convert",
+# sub-command name -> (module that defines ``add_parser(subparsers)`` returning the parser and
+# setting ``func`` via ``set_defaults``, one-line help). Only the module of the command being run
+# is imported: the others pull in PyTorch or PyAV, which `salstream web` or `--version` never need.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("salstream.cli.run", "run the live pipeline (default: the bundled demo clip)"),
+    "view": ("salstream.cli.view", "show or record the overlay of a published map stream"),
+    "web": ("salstream.cli.web", "watch published maps live in a browser"),
+    "encode": ("salstream.cli.encode", "encode a source to H.264, spending more bits where people look"),
+    "export": ("salstream.cli.export", "export a checkpoint to ONNX graphs (and optionally Torch-TensorRT)"),
+    "train": ("salstream.diffsal.train", "train a profile on a dataset or the synthetic benchmark"),
+    "eval": ("salstream.diffsal.evaluate", "score a checkpoint: six metrics per dataset and mode"),
+    "convert-official": ("salstream.diffsal.convert", "convert an official DiffSal checkpoint to the full profile"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> Optional[str]:
+    """The sub-command named in ``argv`` (skipping top-level options and their values), if any."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--log-level":
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the command it names is built in full (the rest are listed)."""
     parser = argparse.ArgumentParser(
         prog="salstream",
         description="Real-time audio-visual saliency (DiffSal) for live video, published over ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"salstream {__version__}")
     add_logging_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
-    for name, command in sub.choices.items():
-        if name != "bench":             # bench hands every argument to `python -m benchmarks`
-            add_logging_options(command)
+    wanted = _command_in(argv) if argv is not None else None
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if argv is None or name == wanted:
+            add_logging_options(importlib.import_module(module).add_parser(sub))
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)   # listed in --help, never run
     _add_bench(sub)
     return parser
 
@@ -118,7 +134,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     func: Callable | None = getattr(args, "func", None)
     if func is None:

@@ -185,6 +185,9 @@ class Pipeline:
                 raise SalstreamError(f"sources share a stream id ({ids}); give each a distinct stream_id")
             for s in self._sources:
                 wire.check_stream_id(s.stream_id)
+                if o.mode == "audio" and not s.has_audio:   # before seconds of model loading, not after
+                    raise SalstreamError(f"stream {s.stream_id}: audio-only mode needs a source with audio "
+                                         "(add --mic or use a source with an audio track)")
             self.engine = engine = self._build_engine()
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
