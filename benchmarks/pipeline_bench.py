@@ -227,6 +227,11 @@ def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequ
                       label="demo without recording")]
     plan += [dict(streams=n, source=source, seconds=seconds if n == 1 else scaling_seconds, record=False,
                   send_frames=send_frames, label=f"{n} stream(s)") for n in stream_counts]
+    if 2 in stream_counts:
+        # Two 30 fps streams cannot each get a map per frame on 2 cores; one every second frame
+        # (--hop 2) is the configuration the two-stream goal is about.
+        plan.append(dict(streams=2, source=source, seconds=scaling_seconds, record=False, send_frames=send_frames,
+                         hop=2, label="2 stream(s), hop 2"))
     runs = []
     for job in plan:
         t0 = time.perf_counter()
@@ -252,7 +257,8 @@ def headroom_goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The live goals for 2 cores: the demo keeps up with recording on; headroom without; two streams."""
     by = {r.get("label"): r for r in runs if "skipped" not in r}
     goals = []
-    demo, bare, two = by.get("demo (recording + previews)"), by.get("demo without recording"), by.get("2 stream(s)")
+    demo, bare = by.get("demo (recording + previews)"), by.get("demo without recording")
+    two = by.get("2 stream(s), hop 2") or by.get("2 stream(s)")
     if demo:
         rate, share, p95 = demo["maps_per_s_per_stream"] or 0.0, demo["dropped_share_after_warmup"], \
             demo["capture_to_publish_ms"]["p95"]
@@ -268,7 +274,7 @@ def headroom_goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if two:
         per = [v["maps_per_s"] or 0.0 for v in two["per_stream"].values()]
         p95 = two["capture_to_publish_ms"]["p95"]
-        goals.append({"goal": "two 30 fps streams: >= 15 maps/s each, p95 <= 150 ms",
+        goals.append({"goal": f"two 30 fps streams (hop {two.get('hop', 1)}): >= 15 maps/s each, p95 <= 150 ms",
                       "met": bool(per) and min(per) >= 15 and p95 is not None and p95 <= 150,
                       "figures": ", ".join(f"{v:.1f}" for v in per) + f" maps/s, p95 {p95} ms"})
     return goals
