@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from salstream import __version__
 from salstream.errors import SalstreamError
+from salstream.redact import RedactingFilter, redact
 
 # sub-command name -> (module that defines ``add_parser(subparsers)`` returning the parser and
 # setting ``func`` via ``set_defaults``, one-line help). Only the module of the command being run
@@ -101,6 +102,7 @@ def configure_logging(args: argparse.Namespace) -> None:
         if not ours:
             handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("salstream: %(message)s"))
+            handler.addFilter(RedactingFilter())   # no URL password in any line, libraries' included
             root.addHandler(handler)
         root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     logging.getLogger("salstream").setLevel(level)
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (SalstreamError, FileNotFoundError) as exc:
         # Known bad input: one line naming the problem and the fix, no traceback.
-        print(f"salstream {args.command}: error: {exc}", file=sys.stderr)
+        print(f"salstream {args.command}: error: {redact(exc)}", file=sys.stderr)
         return 2
 
 

@@ -141,7 +141,9 @@ def view(args: argparse.Namespace) -> int:
             recorder.close()
         viewer.close()
     missed = viewer.sub.missed
+    bad = viewer.sub.bad_messages + viewer.bad_frames
     print(f"salstream view: {viewer.maps} maps from stream {viewer.stream}"
           + (f", {missed} missed (subscriber too slow)" if missed else "")
+          + (f", {bad} bad messages skipped (last: {viewer.sub.last_error or 'undecodable preview'})" if bad else "")
           + (f"; overlay written to {args.record}" if recorder is not None else ""))
     return 0

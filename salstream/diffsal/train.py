@@ -383,7 +383,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         from salstream.diffsal.checkpoint import load_state
         _, sd = load_state(out / "last.safetensors")
         model.load_state_dict(sd, strict=True)
-        st = torch.load(state_path, weights_only=False)
+        st = load_train_state(state_path)
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         gen.set_state(st["generator"])
@@ -445,6 +445,27 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
             fh.write(json.dumps(record) + "\n")
         log("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     return record
+
+
+def load_train_state(path: Path) -> dict:
+    """The optimiser/scheduler/RNG state of ``--resume``, read without running code from the file.
+
+    ``weights_only=True`` unpickles tensors and plain values only (what :func:`train` saves);
+    anything else — a crafted file that would import and call something — is refused.
+    """
+    import pickle
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SalstreamError(f"--resume: {path} is not a training state salstream wrote (it holds objects other "
+                             f"than tensors and plain values, or is damaged: {first}); nothing in it was run. "
+                             "Delete it to start the run afresh, or resume from a folder you trust") from None
+    keys = {"optimizer", "scheduler", "generator", "py_rng", "epoch"}
+    if not isinstance(st, dict) or not keys <= set(st) or not isinstance(st["epoch"], int) or st["epoch"] < 0:
+        raise SalstreamError(f"--resume: {path} lacks {', '.join(sorted(keys))} (not a salstream training state); "
+                             "delete it to start the run afresh")
+    return st
 
 
 # --------------------------------------------------------------------------- CLI

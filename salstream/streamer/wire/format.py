@@ -44,6 +44,8 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 4096                       # largest map / ROI grid side a client accepts
 MAX_PREVIEW_SIDE = 4096               # largest JPEG preview side a client decodes
 MAX_STREAM_ID_BYTES = 255
+MAX_DEPTH = 16                        # deepest nesting of objects/arrays a header may use
+MAX_NUMBER = 1e15                     # largest magnitude of a number field a client accepts
 PAYLOAD_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 # The largest single message part this format allows (a MAX_SIDE² float32 map).
 MAX_MESSAGE_PART_BYTES = MAX_SIDE * MAX_SIDE * 4
@@ -120,7 +122,7 @@ def _num(h: Mapping, key: str, kind: str, default: Any = ..., allow_none: bool =
         raise WireError(f"{kind} header lacks {key!r}")
     if v is None and allow_none:
         return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or abs(v) > 1e15:
+    if not _finite(v):
         raise _fail(kind, key, v, "a finite number")
     return float(v)
 
@@ -162,7 +164,24 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         raise WireError(f"unreadable header ({str(exc)[:80]})") from None
     if not isinstance(header, dict):
         raise WireError("header is not a JSON object")
+    if _depth(header) > MAX_DEPTH:
+        raise WireError(f"header nests objects/arrays deeper than {MAX_DEPTH} levels")
     return header
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON containers nest in ``value`` (iterative: a hostile header cannot recurse us)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                return d
+            todo.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
 
 
 def dump_header(header: Mapping[str, Any]) -> bytes:
@@ -320,7 +339,8 @@ def _latency(v: Any) -> dict[str, LatencyValue]:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # The size test comes first: math.isfinite overflows on a JSON integer of 400 digits.
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= MAX_NUMBER and math.isfinite(x)
 
 
 def _flags(v: Any) -> dict[str, Union[bool, int]]:
@@ -439,13 +459,11 @@ class FrameMessage:
         """RGB uint8. The JPEG's own dimensions are read first: a picture larger than
         ``max_side`` (or not a JPEG) is refused before any pixel buffer is allocated."""
         import cv2
-        size = jpeg_size(self.jpeg)
-        if size is None:
-            raise WireError(f"stream {self.stream}: frame {self.frame_index} is not a JPEG")
-        if max(size) > max_side or min(size) < 1:
-            raise WireError(f"stream {self.stream}: frame {self.frame_index} claims {size[1]}×{size[0]} pixels; "
-                            f"previews are at most {max_side} per side")
-        bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        check_preview(self.stream, self.frame_index, self.jpeg, max_side)
+        try:
+            bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            bgr = None
         if bgr is None:
             raise WireError(f"stream {self.stream}: frame {self.frame_index} is not a decodable JPEG")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -542,7 +560,22 @@ def _decode_frame(stream: str, header: dict, payload: bytes) -> FrameMessage:
     _num(header, "capture_time", "frame")
     if header.get("encoding", "jpeg") != "jpeg":
         raise _fail("frame", "encoding", header.get("encoding"), "'jpeg'")
+    # Checked here, not only in image(): clients that pass previews on undecoded (the browser
+    # viewer) must not hand a decompression bomb to the next decoder either.
+    check_preview(stream, header["frame_index"], payload)
     return FrameMessage(stream, header, payload)
+
+
+def check_preview(stream: str, frame_index: int, jpeg: bytes, max_side: int = MAX_PREVIEW_SIDE) -> tuple[int, int]:
+    """``(height, width)`` the JPEG's own header claims, or :class:`WireError` when that is
+    missing, zero or larger than ``max_side`` (read before any pixel buffer is allocated)."""
+    size = jpeg_size(jpeg)
+    if size is None:
+        raise WireError(f"stream {stream}: frame {frame_index} is not a JPEG")
+    if max(size) > max_side or min(size) < 1:
+        raise WireError(f"stream {stream}: frame {frame_index} claims {size[1]}×{size[0]} pixels; "
+                        f"previews are at most {max_side} per side")
+    return size
 
 
 def _decode_roi(stream: str, h: dict, payload: bytes) -> RoiMessage:

@@ -20,6 +20,7 @@ import numpy as np
 import zmq
 
 from salstream.errors import SalstreamError
+from salstream.redact import redact_value
 from salstream.streamer.wire import format as wire
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"
@@ -163,6 +164,8 @@ class Publisher:
         """
         t0 = time.monotonic() if started is None else started
         header = wire.MapHeader.of(header)
+        if header.gaps:   # gap reasons quote the source's errors, and every subscriber reads them
+            header = header.replace(gaps=redact_value(header.gaps))
         # Without a socket nothing is serialised: the stamped header is all the consumers need.
         payload = wire.encode_map_payload(saliency, self.payload_dtype) if self._sock is not None else b""
         with self._lock:

@@ -19,11 +19,12 @@ import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
 from salstream.errors import SalstreamError
+from salstream.redact import redact
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source, Unit
 from salstream.streamer.live.units import VideoFrame
 
@@ -34,17 +35,6 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 # Errors PyAV/FFmpeg raise for unreadable input, refused connections and timeouts.
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EOFError)
 OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
-
-
-def _redact(url: str) -> str:
-    """The URL without a password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 class PyAVSource(Source):
@@ -74,24 +64,24 @@ class PyAVSource(Source):
         video = container.streams.video[0] if container.streams.video else None
         if video is None:
             container.close()
-            raise SalstreamError(f"source {_redact(self.url)!r} has no video track; salstream needs video "
+            raise SalstreamError(f"source {redact(self.url)!r} has no video track; salstream needs video "
                                  "(give a file or stream with a picture)")
         if video.codec_context is None:   # demuxed fine, but this FFmpeg build has no decoder for it
             container.close()
-            raise SalstreamError(f"source {_redact(self.url)!r}: unsupported video codec (this FFmpeg build "
+            raise SalstreamError(f"source {redact(self.url)!r}: unsupported video codec (this FFmpeg build "
                                  "has no decoder for it); re-encode it to H.264, e.g. "
                                  "ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
         fps = native_fps(video.average_rate or video.guessed_rate or video.base_rate)
         has_audio = _audio_stream(container) is not None
         if container.streams.audio and not has_audio:
-            log.warning("source %s: its audio codec has no decoder here; running video-only", _redact(self.url))
+            log.warning("source %s: its audio codec has no decoder here; running video-only", redact(self.url))
         if live is None:
             live = self.scheme in ("rtsp", "rtsps") or (self.network and container.duration is None)
         self.live = bool(live)
         self.paced = bool(paced) and not self.live
         kind = "live stream" if self.live else "file"
         super().__init__(stream_id, fps=fps, has_audio=has_audio, sample_rate=audio_rate,
-                         description=f"{kind} {_redact(self.url)}")
+                         description=f"{kind} {redact(self.url)}")
         self._container: av.container.InputContainer | None = container
         self.audio_clock = AudioClock(self, audio_rate)
         self._last_pts: float | None = None
@@ -133,11 +123,11 @@ class PyAVSource(Source):
                         raise
                     time.sleep(OPEN_RETRY_DELAY)
         except _AV_ERRORS as exc:
-            where = _redact(self.url)
+            where = redact(self.url)
             if self.network:
-                raise SalstreamError(f"cannot open stream {where!r}: {exc}; check the URL and that the server "
+                raise SalstreamError(f"cannot open stream {where!r}: {redact(exc)}; check the URL and that the server "
                                      f"is up (waited up to {self.open_timeout:g} s)") from exc
-            raise SalstreamError(f"cannot read {where!r} as a media file: {exc}; give a video file "
+            raise SalstreamError(f"cannot read {where!r} as a media file: {redact(exc)}; give a video file "
                                  "FFmpeg can decode (e.g. MP4 with H.264)") from exc
 
     # ------------------------------------------------------------------ iteration
@@ -159,7 +149,7 @@ class PyAVSource(Source):
                 else:
                     yield from self._session(container, offset)
             except _AV_ERRORS as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = redact(f"{type(exc).__name__}: {exc}")
                 if not self.live:
                     yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {exc}")
             finally:
