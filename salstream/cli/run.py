@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,8 @@ from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
 DEMO_RECORD = "out/overlay.mp4"
+# A terminal closing (SIGHUP) ends a run like Ctrl-C or a service manager's SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -128,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
     consumers = []
     record = record_path(args)
     if record is not None:
-        from salstream.streamer.overlay.recording import OverlayRecording
+        from salstream.streamer.live.sources import default_demo_source
+        from salstream.streamer.overlay.recording import OverlayRecording, check_record_target
+        # Before anything runs: an unwritable path, a full disk or the input itself fail now.
+        check_record_target(record, list(args.source or [default_demo_source()]))
         consumers.append(OverlayRecording(record, preset=args.record_preset))
     if args.save_maps is not None:
         from salstream.streamer.saved_maps import MapSaver
@@ -144,14 +150,26 @@ def run(args: argparse.Namespace) -> int:
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
-        # First Ctrl-C / SIGTERM: finish cleanly (maps in flight, playable recording).
+        name = signal.Signals(signum).name
         if stopping.is_set():
-            raise KeyboardInterrupt
+            # Second signal: leave now. Unwinding threads that sit in native code (encoders,
+            # x264) can abort the interpreter; the recording is fragmented, so it already
+            # plays up to its last second.
+            print(f"\nsalstream run: {name} again, exiting now", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         stopping.set()
-        print(f"\nsalstream run: {signal.Signals(signum).name}, finishing…", file=sys.stderr)
+        if not pipe.ready.is_set():
+            # Still loading or exporting the model (a minute on first use): nothing to finish.
+            print(f"\nsalstream run: {name}, stopping before the first map", file=sys.stderr)
+            pipe.stop()
+            raise KeyboardInterrupt
+        # First Ctrl-C / SIGTERM / SIGHUP: finish cleanly (maps in flight, playable recording).
+        print(f"\nsalstream run: {name}, finishing…", file=sys.stderr)
         pipe.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         summary = pipe.run()
     finally:

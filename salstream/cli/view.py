@@ -110,7 +110,10 @@ def view(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.record:
+        from salstream.streamer.overlay.recording import check_record_target
+        check_record_target(args.record)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     viewer = OverlayViewer(args.address, args.stream, args.alpha)
     recorder = OverlayRecorder(args.record, fps=args.fps) if args.record else None
     t0 = last = time.monotonic()

@@ -38,7 +38,7 @@ def web(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise SalstreamError(f"--alpha {args.alpha}: must be between 0 and 1")
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with WebViewer(args.listen, allow_remote=args.allow_remote, alpha=args.alpha) as viewer:
             viewer.connect(args.connect).start()

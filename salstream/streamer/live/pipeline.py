@@ -237,14 +237,19 @@ class Pipeline:
                 s.close()
             if self.scheduler is not None:
                 self.scheduler.close(drain=False, timeout=10)
+            # Every consumer is closed and the socket too, whatever one of them raises; the first
+            # error (a recording that could not be written) then ends the run as a failure.
+            close_error: Optional[BaseException] = None
             for c in started:
                 try:
                     c.close(failed=failed)
-                except Exception:
-                    if not failed:
-                        raise
-                    log.exception("closing %s failed", type(c).__name__)
+                except Exception as exc:
+                    if failed:
+                        log.error("closing %s failed: %s", type(c).__name__, exc)
+                    close_error = close_error or exc
             self.publisher.close()
+            if close_error is not None and not failed:
+                raise close_error
         return self._summary(seconds)
 
     def _read(self, source) -> None:
