@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 
+from salstream.cli.numbers import number
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
@@ -25,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="where to serve the page (default %(default)s); loopback only unless --allow-remote")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (the maps become visible to other machines)")
-    p.add_argument("--alpha", type=float, default=0.6,
+    p.add_argument("--alpha", type=number(float, 0, 1), default=0.6,
                    help="heatmap opacity of the server-side MJPEG overlay (default %(default)s)")
     p.set_defaults(func=web)
     return p

@@ -7,7 +7,8 @@ Every message is three ZeroMQ frames (one multipart message)::
 ``topic``
     UTF-8. A map's topic is its stream id exactly (``b"0"``); stream ids never contain
     ``/``, which is reserved for side channels of a stream on the same socket,
-    ``<kind>/<stream id>``: ``frame/`` (JPEG previews) and ``roi/`` (encoder regions).
+    ``<kind>/<stream id>``: ``frame/`` (JPEG previews), ``roi/`` (encoder regions) and
+    ``status/`` (heartbeats: ``live``/``reconnecting``/``ended``, empty payload).
     Clients skip side channels they do not know. ZeroMQ subscriptions match by prefix,
     so a subscriber compares the topic exactly after receiving.
 ``header``
@@ -50,9 +51,12 @@ PAYLOAD_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 # The largest single message part this format allows (a MAX_SIDE² float32 map).
 MAX_MESSAGE_PART_BYTES = MAX_SIDE * MAX_SIDE * 4
 
-MAP, FRAME, ROI = "map", "frame", "roi"
-KINDS = (MAP, FRAME, ROI)
-SIDE_CHANNELS = (FRAME, ROI)          # kinds published under "<kind>/<stream id>"
+MAP, FRAME, ROI, STATUS = "map", "frame", "roi", "status"
+KINDS = (MAP, FRAME, ROI, STATUS)
+SIDE_CHANNELS = (FRAME, ROI, STATUS)  # kinds published under "<kind>/<stream id>"
+# status/<stream>: a heartbeat (about once a second, and at once on a change) saying whether
+# the stream is "live", "reconnecting" (its source is down) or "ended".
+STATES = ("live", "reconnecting", "ended")
 MODES = ("av", "video", "audio")
 # Per-stage latency keys (ms), in pipeline order; "denoise" is a list, one entry per step.
 LATENCY_STAGES = ("assemble", "wait", "video_encoder", "audio_encoder", "denoise", "postprocess", "publish")
@@ -405,6 +409,16 @@ def encode_frame(header: Mapping[str, Any], jpeg: bytes) -> list[bytes]:
     return [frame_topic(header["stream"]), dump_header(header), jpeg]
 
 
+def encode_status(stream_id: str, state: str, *, last_pts: Optional[float], frame_age_s: Optional[float],
+                  reconnects: int, sent: float, sent_wall: float) -> list[bytes]:
+    """``status/<stream>``: the heartbeat header, empty payload."""
+    if state not in STATES:
+        raise ValueError(f"status {state!r}: one of {', '.join(STATES)}")
+    h = {"version": FORMAT_VERSION, "kind": STATUS, "stream": stream_id, "state": state, "last_pts": last_pts,
+         "frame_age_s": frame_age_s, "reconnects": int(reconnects), "publish_time": sent, "publish_wall": sent_wall}
+    return [topic(STATUS, stream_id), dump_header(h), b""]
+
+
 def encode_roi(header: Mapping[str, Any], offsets: np.ndarray, block_size: int, frame_size: tuple[int, int],
                regions: list[list[int]], qp_range: int) -> list[bytes]:
     """``roi/<stream>``: header fields as for maps plus the block grid and its regions of interest."""
@@ -485,7 +499,23 @@ class RoiMessage:
         return int(self.header["frame_index"])
 
 
-Message = Union[MapMessage, FrameMessage, RoiMessage]
+@dataclass
+class StatusMessage:
+    """A stream's heartbeat: ``state`` is ``live``, ``reconnecting`` or ``ended``.
+
+    ``last_pts``: media time of the newest frame read (None before the first);
+    ``frame_age_s``: seconds since that frame arrived (a stalled or idle source shows here);
+    ``reconnects``: outages so far."""
+    stream: str
+    header: dict[str, Any]
+    state: str
+    last_pts: Optional[float]
+    frame_age_s: Optional[float]
+    reconnects: int
+    kind = STATUS
+
+
+Message = Union[MapMessage, FrameMessage, RoiMessage, StatusMessage]
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -537,6 +567,8 @@ def decode(parts: list[bytes]) -> Message:
         return _decode_frame(stream, header, payload)
     if kind == ROI:
         return _decode_roi(stream, header, payload)
+    if kind == STATUS:
+        return _decode_status(stream, header, payload)
     raise WireError(f"unknown message kind {kind!r}")
 
 
@@ -576,6 +608,19 @@ def check_preview(stream: str, frame_index: int, jpeg: bytes, max_side: int = MA
         raise WireError(f"stream {stream}: frame {frame_index} claims {size[1]}×{size[0]} pixels; "
                         f"previews are at most {max_side} per side")
     return size
+
+
+def _decode_status(stream: str, h: dict, payload: bytes) -> StatusMessage:
+    k = "status"
+    state = _str(h, "state", k, max_len=32)
+    if state not in STATES:
+        raise _fail(k, "state", state, f"one of {', '.join(STATES)}")
+    if payload:
+        raise WireError(f"status payload is {len(payload)} bytes; expected none")
+    _num(h, "publish_time", k)
+    return StatusMessage(stream, h, state, _num(h, "last_pts", k, default=None, allow_none=True),
+                         _num(h, "frame_age_s", k, default=None, allow_none=True),
+                         _int(h, "reconnects", k, default=0))
 
 
 def _decode_roi(stream: str, h: dict, payload: bytes) -> RoiMessage:

@@ -181,6 +181,16 @@ class Publisher:
                 self.sent += 1
         return h
 
+    def send_status(self, stream_id: str, state: str, *, last_pts: Optional[float] = None,
+                    frame_age_s: Optional[float] = None, reconnects: int = 0) -> None:
+        """Send a ``status/<stream>`` heartbeat (``live``, ``reconnecting`` or ``ended``)."""
+        if self._sock is None:
+            return
+        parts = wire.encode_status(stream_id, state, last_pts=last_pts, frame_age_s=frame_age_s,
+                                   reconnects=reconnects, sent=time.monotonic(), sent_wall=time.time())
+        with self._lock:
+            self._send(parts)
+
     def send_frame(self, stream_id: str, frame_index: int, pts: float, capture_time: float,
                    image_rgb: np.ndarray) -> None:
         """Send a JPEG preview of a frame (topic ``frame/<stream>``) for remote overlays."""

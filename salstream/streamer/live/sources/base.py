@@ -54,6 +54,7 @@ class Source(ABC):
         self._iterated = False
         self._released = False            # freed by close() before any iteration
         self._state = threading.Lock()
+        self.status = "live"               # or "reconnecting" while a network source is down
 
     # ------------------------------------------------------------------ public API
     def __iter__(self) -> Iterator[Unit]:

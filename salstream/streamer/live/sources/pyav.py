@@ -35,19 +35,23 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 # Errors PyAV/FFmpeg raise for unreadable input, refused connections and timeouts.
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EOFError)
 OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
+MIN_SIDE = 16            # smallest picture side that makes a saliency map
 
 
 class PyAVSource(Source):
     """A media file or a network stream read through PyAV (FFmpeg).
 
     ``open_timeout``/``read_timeout`` (s) bound how long opening and each read may block.
-    Live URLs reconnect up to ``reconnect_attempts`` times, waiting ``reconnect_delay``
-    doubling up to ``reconnect_max_delay`` between attempts (≈30 s of outage by default).
+    Network sources reconnect up to ``reconnect_attempts`` times (``None``: forever), waiting
+    ``reconnect_delay`` doubling up to ``reconnect_max_delay`` between attempts (≈100 s of
+    outage by default: a camera reboot). A live stream continues its media clock across the
+    outage; an HTTP file whose server went away is reopened where it stopped.
     ``live`` overrides the automatic choice (RTSP, or HTTP without a known duration).
+    ``status`` is ``"live"``, or ``"reconnecting"`` during an outage.
     """
 
     def __init__(self, url: str | Path, *, stream_id: str = "0", paced: bool = True, audio_rate: int = 16000,
-                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int = 120,
+                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int | None = 400,
                  reconnect_delay: float = 0.1, reconnect_max_delay: float = 0.25, live: bool | None = None,
                  probe_seconds: float = 0.5):
         self.url = str(url)
@@ -55,7 +59,7 @@ class PyAVSource(Source):
         self.network = self.scheme in NETWORK_SCHEMES
         self.open_timeout = float(open_timeout)
         self.read_timeout = float(read_timeout)
-        self.reconnect_attempts = int(reconnect_attempts)
+        self.reconnect_attempts = None if reconnect_attempts is None else int(reconnect_attempts)
         self.reconnect_delay = float(reconnect_delay)
         self.reconnect_max_delay = float(reconnect_max_delay)
         self.probe_seconds = float(probe_seconds)
@@ -71,6 +75,11 @@ class PyAVSource(Source):
             raise SalstreamError(f"source {redact(self.url)!r}: unsupported video codec (this FFmpeg build "
                                  "has no decoder for it); re-encode it to H.264, e.g. "
                                  "ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
+        width, height = video.codec_context.width or 0, video.codec_context.height or 0
+        if 0 < min(width, height) < MIN_SIDE:
+            container.close()
+            raise SalstreamError(f"source {redact(self.url)!r} is {width}×{height} pixels; salstream needs at least "
+                                 f"{MIN_SIDE}×{MIN_SIDE} (a real picture) — give a larger video")
         fps = native_fps(video.average_rate or video.guessed_rate or video.base_rate)
         has_audio = _audio_stream(container) is not None
         if container.streams.audio and not has_audio:
@@ -88,6 +97,7 @@ class PyAVSource(Source):
         self._frame_index = 0     # frames emitted (VideoFrame.index)
         self._decoded_video = 0   # frames decoded (paced files emit them a little later)
         self._last_capture: float | None = None  # capture_time of the last frame emitted
+        self._resume_after: float | None = None  # HTTP file reopened: skip what was already emitted
 
     # ------------------------------------------------------------------ opening
     def _options(self) -> dict[str, str]:
@@ -142,57 +152,76 @@ class PyAVSource(Source):
                                  reason="reconnected stream has an audio track" if session_audio
                                  else "reconnected stream has no audio track")
                 had_audio = session_audio
-            reason = "stream ended"
+            reason, failed = "stream ended", False
             try:
                 if self.paced:
                     yield from self._paced(container, offset)
                 else:
                     yield from self._session(container, offset)
             except _AV_ERRORS as exc:
-                reason = redact(f"{type(exc).__name__}: {exc}")
-                if not self.live:
-                    yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {exc}")
+                reason, failed = redact(f"{type(exc).__name__}: {exc}"), True
             finally:
                 container.close()
                 self._container = container = None
-            if not self.live or self.closed:
+            if self.closed:
                 return
-            # A live stream that stops is a disconnect: report it, then reconnect.
+            if not self.live:
+                if not failed:
+                    return
+                if not self.network:
+                    yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {reason}")
+                    return
+            # A live stream that stops, or an HTTP file whose server went away: report, reconnect.
             log.warning("%s: disconnected (%s); reconnecting", self.description, reason)
             yield self.event("gap", self._last_pts, from_pts=self._last_pts, reason=reason)
             container = self._reconnect()
             if container is None:
                 if not self.closed:
+                    tries = "forever" if self.reconnect_attempts is None else f"after {self.reconnect_attempts} attempts"
                     yield self.event("error", self._last_pts,
-                                     message=f"{self.description}: could not reconnect after "
-                                             f"{self.reconnect_attempts} attempts; giving up")
+                                     message=f"{self.description}: could not reconnect {tries}; giving up")
                 return
             self._container = container
             self.reconnects += 1
+            self.audio_clock.restart()
+            if not self.live:
+                # The same file again: continue from the last frame sent, on the file's own clock.
+                self._resume_after = self._last_pts
+                if self._last_pts is not None:
+                    try:
+                        start = (container.start_time or 0) / 1e6
+                        container.seek(int((self._last_pts + start) * 1e6), backward=True)
+                    except _AV_ERRORS as exc:
+                        log.info("%s: cannot seek after reconnecting (%s); skipping to the position", self.description, exc)
+                continue
             # The new session's clock restarts; continue ours by the wall time since the last frame.
             last = self._last_pts if self._last_pts is not None else 0.0
             since = time.monotonic() - (self._last_capture if self._last_capture is not None else time.monotonic())
             offset = last + max(1.0 / self.fps, since)
-            self.audio_clock.restart()
 
     def _reconnect(self) -> av.container.InputContainer | None:
-        delay = self.reconnect_delay
-        for attempt in range(1, self.reconnect_attempts + 1):
-            if self.wait(delay):
-                return None
-            try:
-                container = self._open()
-            except SalstreamError as exc:
-                log.info("%s: reconnect attempt %d/%d failed: %s", self.description, attempt,
-                         self.reconnect_attempts, exc)
-                delay = min(self.reconnect_max_delay, delay * 2)
-                continue
-            if not container.streams.video:
-                container.close()
-                continue
-            log.warning("%s: reconnected (attempt %d)", self.description, attempt)
-            return container
-        return None
+        delay = min(self.reconnect_delay, self.reconnect_max_delay)
+        limit = self.reconnect_attempts
+        of = "∞" if limit is None else str(limit)
+        self.status = "reconnecting"
+        try:
+            for attempt in (itertools.count(1) if limit is None else range(1, limit + 1)):
+                if self.wait(delay):
+                    return None
+                try:
+                    container = self._open()
+                except SalstreamError as exc:
+                    log.info("%s: reconnect attempt %d/%s failed: %s", self.description, attempt, of, exc)
+                    delay = min(self.reconnect_max_delay, delay * 2)
+                    continue
+                if not container.streams.video:
+                    container.close()
+                    continue
+                log.warning("%s: reconnected (attempt %d)", self.description, attempt)
+                return container
+            return None
+        finally:
+            self.status = "live"
 
     def _decoded(self, container: av.container.InputContainer, offset: float) -> Iterator[tuple[float, object]]:
         """(pts, unit-without-capture-time) in decode order for one session."""
@@ -216,6 +245,9 @@ class PyAVSource(Source):
                 continue
             for frame in frames:
                 t = frame.time
+                skip = self._resume_after
+                if skip is not None and t is not None and origin is not None and t - origin + offset <= skip:
+                    continue                   # sent before the server went away
                 if origin is None and t is not None:
                     # Frames already emitted without timestamps keep their place before this one.
                     origin = t - (self._decoded_video - first_frame) / self.fps if packet.stream is video else t
