@@ -100,7 +100,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="longest wait between two reconnect attempts; it starts at 0.1 s and doubles up to S "
                         "(default %(default)s)")
     p.add_argument("--stall-frames", type=off_or(number(float, 2, 100_000)), default=30.0, metavar="N",
-                   help="a source that delivers no frame for N frame intervals (without disconnecting) is stalled: "
+                   help="a live stream (RTSP, live HTTP) that delivers no frame for N frame intervals (without "
+                        "disconnecting) is stalled: "
                         "the next map carries flags.gap and the missing PTS range (default %(default)g; 0: off)")
     p.add_argument("--duration", type=SECONDS, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=COUNT, default=None, metavar="N", help="stop each stream after N frames")

@@ -62,7 +62,7 @@ class PipelineOptions:
     warm_start: Optional[int] = None  # DDIM warm start from the previous map at this timestep (None: off)
     reconnect_attempts: Optional[int] = 400   # network sources: reconnect attempts per outage (None: forever)
     reconnect_max_delay: float = 0.25         # s, cap of the doubling wait between attempts
-    stall_frames: float = 30.0        # paced sources: no frame for this many frame intervals marks a gap (0: off)
+    stall_frames: float = 30.0        # live sources: no frame for this many frame intervals marks a gap (0: off)
     heartbeat_s: float = 1.0          # status/<stream> heartbeat period
 
     def validate(self) -> None:
@@ -222,7 +222,9 @@ class Pipeline:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
                     audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode,
-                    stall_after=o.stall_frames / s.fps if o.paced and o.stall_frames and s.fps > 0 else None)
+                    # Live network sources only: a paced file "stalls" only when this machine is slow.
+                    stall_after=(o.stall_frames / s.fps if o.paced and o.stall_frames and s.fps > 0
+                                 and getattr(s, "live", False) else None))
                 self.scheduler.add_stream(s.stream_id, lossless=not o.paced)
                 log.info("stream %s: %s", s.stream_id, s.description or s)
             for c in self.consumers:

@@ -36,6 +36,7 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EOFError)
 OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
 MIN_SIDE = 16            # smallest picture side that makes a saliency map
+MAX_BAD_PACKETS = 300    # undecodable packets in a row before a source counts as unreadable
 
 
 class PyAVSource(Source):
@@ -64,6 +65,7 @@ class PyAVSource(Source):
         self.reconnect_max_delay = float(reconnect_max_delay)
         self.probe_seconds = float(probe_seconds)
         self.reconnects = 0  # successful reconnections so far
+        self.skipped_packets = 0  # undecodable packets skipped (corrupt regions)
         container = self._open()
         video = container.streams.video[0] if container.streams.video else None
         if video is None:
@@ -98,6 +100,7 @@ class PyAVSource(Source):
         self._decoded_video = 0   # frames decoded (paced files emit them a little later)
         self._last_capture: float | None = None  # capture_time of the last frame emitted
         self._resume_after: float | None = None  # HTTP file reopened: skip what was already emitted
+        self._duration = container.duration / 1e6 if container.duration else None
 
     # ------------------------------------------------------------------ opening
     def _options(self) -> dict[str, str]:
@@ -165,6 +168,9 @@ class PyAVSource(Source):
                 self._container = container = None
             if self.closed:
                 return
+            if not self.live and not failed and self.network and self._ended_early():
+                reason, failed = (f"the server closed the file at {self._last_pts:.1f} s of "
+                                  f"{self._duration:.1f} s"), True
             if not self.live:
                 if not failed:
                     return
@@ -198,6 +204,13 @@ class PyAVSource(Source):
             last = self._last_pts if self._last_pts is not None else 0.0
             since = time.monotonic() - (self._last_capture if self._last_capture is not None else time.monotonic())
             offset = last + max(1.0 / self.fps, since)
+
+    def _ended_early(self) -> bool:
+        """A file read over the network that stopped well before its known duration (a server
+        restart can look like a clean end of file to the demuxer)."""
+        if self._duration is None or self._last_pts is None:
+            return False
+        return self._last_pts < self._duration - 3.0 / self.fps
 
     def _reconnect(self) -> av.container.InputContainer | None:
         delay = min(self.reconnect_delay, self.reconnect_max_delay)
@@ -235,12 +248,21 @@ class PyAVSource(Source):
             origin = container.start_time / 1e6
         first_frame = self._decoded_video  # frames decoded before this session
         streams = [video] + ([audio] if audio is not None else [])
+        bad_in_a_row = 0
         for packet in container.demux(streams):
             if self.closed:
                 return
             try:
                 frames = packet.decode()
-            except av.error.InvalidDataError as exc:  # one corrupt packet: skip it, keep going
+                bad_in_a_row = 0
+            except _AV_ERRORS as exc:
+                # A corrupt region: the decoder fails on its packets (FFmpeg reports it as any error
+                # code, EPERM included). Skip them as FFmpeg's own tools do; give up only when
+                # nothing decodes any more.
+                bad_in_a_row += 1
+                self.skipped_packets += 1
+                if bad_in_a_row > MAX_BAD_PACKETS:
+                    raise
                 log.debug("%s: skipped undecodable packet: %s", self.description, exc)
                 continue
             for frame in frames:
