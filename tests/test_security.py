@@ -142,8 +142,8 @@ def test_redact_covers_every_url_form():
     assert redact("rtsp://viewer@cam/live and http://h/a?b=1") == "rtsp://viewer@cam/live and http://h/a?b=1"
 
 
-@bad_input("security", "a password in an rtsp:// or http:// URL",
-           "shown as `user:***@` in errors, every log line, gap reasons, summaries and on the wire")
+@bad_input("security", "a password in an rtsp:// or http:// URL that cannot be opened",
+           "the one-line error and every log line show it as `user:***@`")
 def test_password_never_appears_in_errors_or_logs(capsys, caplog):
     url = f"rtsp://admin:{SECRET}@127.0.0.1:{free_port()}/live"   # nothing listens there
     with caplog.at_level(logging.DEBUG, logger="salstream"):
@@ -154,6 +154,8 @@ def test_password_never_appears_in_errors_or_logs(capsys, caplog):
 
 
 @pytest.mark.skipif(system_python() is None, reason="needs GStreamer's RTSP server (scripts/install-system-deps)")
+@bad_input("security", "a password in the URL of an RTSP stream that drops and fails to reconnect",
+           "redacted in reconnect log lines, stream events (summaries, errors), gap reasons and every published header")
 def test_password_never_appears_in_reconnect_logs_events_or_published_gaps(caplog):
     with RtspTestServer(audio=False, width=160, height=120) as server:
         url = server.url.replace("rtsp://", f"rtsp://admin:{SECRET}@")
