@@ -258,3 +258,24 @@ def test_killed_export_and_damaged_entries_are_cleaned_and_rebuilt(tmp_path):
 
 def entry_opset(entry: Path) -> int:
     return int(entry.name.rpartition("-op")[2])
+
+
+# ------------------------------------------------------------------------------ encode
+@bad_input("data loss", "`salstream encode` of a file with sound, and `--out` naming the `--source`",
+           "the source's audio track is copied unchanged into the output; an `--out` equal to the input is refused")
+def test_encode_keeps_the_source_audio_and_never_overwrites_its_input(tmp_path, capsys):
+    clip = write_test_clip(tmp_path / "in.mp4", seconds=2.0, fps=15, size=(96, 64), audio_rate=48000)
+    out = tmp_path / "out.mp4"
+    assert main(["encode", "--source", str(clip.path), "--out", str(out), "--bitrate", "200k", "--frames", "24",
+                 "--json"]) == 0
+    assert '"audio": true' in capsys.readouterr().out
+    with av.open(str(clip.path)) as a, av.open(str(out)) as b:
+        src, got = a.streams.audio[0], b.streams.audio[0]
+        assert (got.codec_context.name, got.rate) == (src.codec_context.name, src.rate)
+        assert sum(1 for _ in b.decode(video=0)) == 24
+        b.seek(0)
+        seconds = sum(f.samples for f in b.decode(audio=0)) / got.rate
+    assert abs(seconds - 24 / 15) < 0.1                 # cut with the video
+    digest = hashlib.sha256(clip.path.read_bytes()).hexdigest()
+    assert main(["encode", "--source", str(clip.path), "--out", str(clip.path), "--bitrate", "200k"]) == 2
+    assert "--out" in capsys.readouterr().err and hashlib.sha256(clip.path.read_bytes()).hexdigest() == digest

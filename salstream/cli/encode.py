@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from salstream.cli.numbers import COUNT, number
 from salstream.errors import SalstreamError
-from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, parse_bitrate
+from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, add_source_audio, parse_bitrate
 from salstream.streamer.guidance.roi import RoiConfig, RoiPublisher
 from salstream.streamer.guidance.session import LiveEncodeSession
 from salstream.streamer.live.units import VideoFrame
@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise SalstreamError(f"--frames {args.frames}: must be ≥ 1")
     in_process = guided and not (args.maps or args.truth)
+    from salstream.streamer.overlay.recording import check_record_target
+    check_record_target(args.out, [args.source], option="--out")    # never the input itself, nor a full disk
     paced = {"yes": True, "no": False}.get(args.paced, bool(args.maps))
     source = open_source(args.source, stream_id="0", paced=paced)
     fps = source.fps
@@ -193,11 +195,15 @@ def run(args: argparse.Namespace) -> int:
         stats = session.close(failed=failed)
     if stats is None:
         raise SalstreamError(f"source {args.source!r} ended before its first video frame; nothing was encoded")
+    # The source's own sound, packets unchanged (files and HTTP; a live stream's is not replayable).
+    url = getattr(source, "url", None)
+    audio = bool(url) and source.has_audio and not getattr(source, "live", False) and add_source_audio(
+        args.out, url, seconds=stats.seconds)
     summary = {"out": str(args.out), "frames": stats.frames, "guided_frames": stats.guided_frames,
                "maps_received": session.maps_in,
                "frames_without_own_map": session.aligner.late_frames if guided else None,
                "bytes": stats.bytes, "bitrate": round(stats.bitrate), "target_bitrate": settings.bitrate,
-               "regions_max": stats.regions_max, **summary_extra}
+               "regions_max": stats.regions_max, "audio": bool(audio), **summary_extra}
     if args.json:
         print(json.dumps(summary))
     else:
