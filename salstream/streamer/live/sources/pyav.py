@@ -37,6 +37,7 @@ _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EO
 OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
 MIN_SIDE = 16            # smallest picture side that makes a saliency map
 MAX_BAD_PACKETS = 300    # undecodable packets in a row before a source counts as unreadable
+MAX_STUCK_REOPENS = 3    # reopened network files that gave nothing new, in a row, before giving up
 
 
 class PyAVSource(Source):
@@ -100,6 +101,7 @@ class PyAVSource(Source):
         self._decoded_video = 0   # frames decoded (paced files emit them a little later)
         self._last_capture: float | None = None  # capture_time of the last frame emitted
         self._resume_after: float | None = None  # HTTP file reopened: skip what was already emitted
+        self._stuck_reopens = 0
         self._duration = container.duration / 1e6 if container.duration else None
 
     # ------------------------------------------------------------------ opening
@@ -168,13 +170,18 @@ class PyAVSource(Source):
                 self._container = container = None
             if self.closed:
                 return
-            if not self.live and not failed and self.network and self._ended_early():
+            # A reopened file that gave nothing new ends here (a track shorter than the container
+            # says, or damage at that spot): reopening it again would loop.
+            stuck = self._resume_after is not None and self._last_pts == self._resume_after
+            self._stuck_reopens = self._stuck_reopens + 1 if stuck else 0
+            stuck = self._stuck_reopens > MAX_STUCK_REOPENS
+            if not self.live and not failed and self.network and self._ended_early() and not stuck:
                 reason, failed = (f"the server closed the file at {self._last_pts:.1f} s of "
                                   f"{self._duration:.1f} s"), True
             if not self.live:
                 if not failed:
                     return
-                if not self.network:
+                if not self.network or stuck:
                     yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {reason}")
                     return
             # A live stream that stops, or an HTTP file whose server went away: report, reconnect.
