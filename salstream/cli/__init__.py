@@ -42,9 +42,25 @@ def _command_in(argv: list[str]) -> Optional[str]:
     return None
 
 
+class UsageError(SalstreamError):
+    """An option argparse refused (unknown, missing a value, not a number, out of range)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and status 2 through :func:`main`, like any
+    other bad input, instead of printing the usage and leaving the process (sub-commands inherit it)."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names is built in full (the rest are listed)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="salstream",
         description="Real-time audio-visual saliency (DiffSal) for live video, published over ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"salstream {__version__}")
@@ -137,7 +153,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}; see {exc.prog} --help", file=sys.stderr)
+        return 2
     func: Callable | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

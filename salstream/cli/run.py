@@ -9,15 +9,7 @@ import threading
 from pathlib import Path
 
 from salstream.cli.numbers import (
-    COUNT,
-    MILLISECONDS,
-    SECONDS,
-    SEED,
-    THREADS,
-    WAIT_SECONDS,
     attempts_or_forever,
-    number,
-    off_or,
 )
 from salstream.errors import SalstreamError
 from salstream.streamer.web import DEFAULT_LISTEN
@@ -51,11 +43,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--artifacts", default=None, metavar="DIR",
                    help="graphs written by `salstream export` for an exported-graph engine (--engine ort-cpu, …); "
                         "they must come from the same checkpoint (default: export once and cache)")
-    p.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
-    p.add_argument("--warm-start", type=number(int, 0, 999), default=None, metavar="T",
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps per map, 1–1000 (default: the profile's)")
+    p.add_argument("--warm-start", type=int, default=None, metavar="T",
                    help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
                         "only the DDIM steps at or below T: fewer network calls, steadier maps (default: off)")
-    p.add_argument("--hop", type=number(int, 1, 10_000), default=1, help="one map every N frames (default %(default)s: a map for every frame)")
+    p.add_argument("--hop", type=int, default=1, help="one map every N frames (default %(default)s: a map for every frame)")
     p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
                    help="auto (default): audio-visual when the stream has audio, else video-only; or force one "
                         "modality")
@@ -82,39 +74,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--as-fast-as-possible", action="store_true",
                    help="read files without pacing them at their frame rate and map every window (offline run)")
-    p.add_argument("--max-batch", type=number(int, 1, 256), default=4, help="most windows (of different streams) per engine call (default %(default)s)")
-    p.add_argument("--batch-deadline-ms", type=MILLISECONDS, default=5.0,
+    p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call (default %(default)s)")
+    p.add_argument("--batch-deadline-ms", type=float, default=5.0,
                    help="how long a ready window may wait for the other streams' windows to batch with "
                         "(default %(default)s)")
-    p.add_argument("--max-new-frames", type=number(int, 0, 10_000), default=4, metavar="N",
+    p.add_argument("--max-new-frames", type=int, default=4, metavar="N",
                    help="lite: when compute falls far behind, encode at most N new frames per window and reuse "
                         "the nearest encoded frame for the rest (flag approx_frames); 0 = no cap (default %(default)s)")
-    p.add_argument("--audio-wait-ms", type=MILLISECONDS, default=100.0,
+    p.add_argument("--audio-wait-ms", type=float, default=100.0,
                    help="how long a window may wait for late audio before it runs video-only (flagged; "
                         "default %(default)s)")
     p.add_argument("--reconnect", type=attempts_or_forever, default=400, metavar="N|forever",
                    help="network sources (rtsp://, http(s)://): reconnect attempts per outage before the stream "
                         "ends, or 'forever' (default %(default)s: about 100 s of outage, enough for a camera reboot). "
                         "An HTTP file is reopened where it stopped")
-    p.add_argument("--reconnect-max-delay", type=number(float, 0.01, 3600), default=0.25, metavar="S",
+    p.add_argument("--reconnect-max-delay", type=float, default=0.25, metavar="S",
                    help="longest wait between two reconnect attempts; it starts at 0.1 s and doubles up to S "
                         "(default %(default)s)")
-    p.add_argument("--stall-frames", type=off_or(number(float, 2, 100_000)), default=30.0, metavar="N",
+    p.add_argument("--stall-frames", type=float, default=30.0, metavar="N",
                    help="a live stream (RTSP, live HTTP) that delivers no frame for N frame intervals (without "
                         "disconnecting) is stalled: "
                         "the next map carries flags.gap and the missing PTS range (default %(default)g; 0: off)")
-    p.add_argument("--duration", type=SECONDS, default=None, metavar="S", help="stop after S seconds")
-    p.add_argument("--max-frames", type=COUNT, default=None, metavar="N", help="stop each stream after N frames")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
     p.add_argument("--payload", default="float32", choices=("float32", "uint8"),
                    help="map payload on the wire: little-endian float32 in [0,1] (default) or uint8 0–255")
     p.add_argument("--no-frames", action="store_true",
                    help="do not publish the JPEG frame previews (topic frame/<stream>) that `salstream view` "
                         "overlays")
-    p.add_argument("--wait-subscriber", type=WAIT_SECONDS, default=0.0, metavar="S",
+    p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a first subscriber before reading the sources, so it "
                         "gets every map")
-    p.add_argument("--threads", type=THREADS, default=None, help="CPU threads for the engine (default: all)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
     p.set_defaults(func=run)
     return p
 
@@ -146,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     from salstream.streamer.live.pipeline import Pipeline
 
     opts = options_from_args(args)
-    opts.validate()                       # bad numbers fail before the model loads
+    opts.validate()                       # bad numbers fail before the model loads (PipelineOptions: the one check)
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise SalstreamError(f"--threads {args.threads}: must be 1…1024 CPU threads")
     if args.save_png and args.save_maps is None:
         raise SalstreamError("--save-png writes beside the saved maps: add --save-maps DIR")
     if args.summary_json is not None and Path(args.summary_json).is_dir():

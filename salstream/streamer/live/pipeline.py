@@ -75,24 +75,26 @@ class PipelineOptions:
             raise SalstreamError(f"--steps {self.steps}: must be between 1 and {MAX_STEPS} (fewer is faster)")
         if not 1 <= self.hop <= 10000:
             raise SalstreamError(f"--hop {self.hop}: must be >= 1 (1 = a map for every frame, N = every Nth)")
-        if self.max_batch < 1:
-            raise SalstreamError(f"--max-batch {self.max_batch}: must be >= 1")
-        if self.batch_deadline_ms < 0:
-            raise SalstreamError(f"--batch-deadline-ms {self.batch_deadline_ms}: must be >= 0")
-        if self.duration is not None and self.duration <= 0:
+        if not 1 <= self.max_batch <= 256:
+            raise SalstreamError(f"--max-batch {self.max_batch}: must be 1…256")
+        if not 0 <= self.batch_deadline_ms <= 600_000:
+            raise SalstreamError(f"--batch-deadline-ms {self.batch_deadline_ms}: must be >= 0 (and under ten minutes)")
+        if self.duration is not None and not 0 < self.duration <= 1e7:
             raise SalstreamError(f"--duration {self.duration}: must be > 0 seconds")
-        if self.max_frames is not None and self.max_frames < 1:
+        if self.max_frames is not None and not 1 <= self.max_frames <= 10 ** 12:
             raise SalstreamError(f"--max-frames {self.max_frames}: must be >= 1")
-        if self.audio_wait_ms < 0:
-            raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0")
+        if not 0 <= self.audio_wait_ms <= 600_000:
+            raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0 (and under ten minutes)")
+        if not 0 <= self.seed < 2 ** 63:
+            raise SalstreamError(f"--seed {self.seed}: must be 0 or a positive integer")
         if self.mode not in MODE_CHOICES:
             raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
         if self.warm_start is not None and not 0 <= self.warm_start < 1000:
             raise SalstreamError(f"--warm-start {self.warm_start}: must be a timestep in 0…999 (e.g. 250)")
-        if self.max_new_frames < 0:
+        if not 0 <= self.max_new_frames <= 10_000:
             raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
-        if self.wait_subscriber < 0:
-            raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds")
+        if not 0 <= self.wait_subscriber <= 86_400:
+            raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds (at most a day)")
         if self.reconnect_attempts is not None and not 0 <= self.reconnect_attempts <= 10 ** 9:
             raise SalstreamError(f"--reconnect {self.reconnect_attempts}: a number of attempts >= 0, or forever")
         if not 0 < self.reconnect_max_delay <= 3600:
