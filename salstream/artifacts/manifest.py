@@ -140,8 +140,8 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     try:
         data = json.loads(path.read_text())
         manifest = Manifest.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SalstreamError(f"exported graphs {directory}: {MANIFEST_NAME} is unreadable ({exc}); "
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as exc:
+        raise SalstreamError(f"exported graphs {directory}: {MANIFEST_NAME} is unreadable ({str(exc)[:200]}); "
                              "re-export with `salstream export`") from None
     if manifest.format != MANIFEST_FORMAT:
         raise SalstreamError(f"exported graphs {directory}: manifest format {manifest.format}, this salstream "

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from salstream import __version__
 from salstream.errors import SalstreamError
+from salstream.redact import RedactingFilter, redact
 
 # sub-command name -> (module that defines ``add_parser(subparsers)`` returning the parser and
 # setting ``func`` via ``set_defaults``, one-line help). Only the module of the command being run
@@ -41,9 +42,25 @@ def _command_in(argv: list[str]) -> Optional[str]:
     return None
 
 
+class UsageError(SalstreamError):
+    """An option argparse refused (unknown, missing a value, not a number, out of range)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and status 2 through :func:`main`, like any
+    other bad input, instead of printing the usage and leaving the process (sub-commands inherit it)."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser(argv: Optional[list[str]] = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names is built in full (the rest are listed)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="salstream",
         description="Real-time audio-visual saliency (DiffSal) for live video, published over ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"salstream {__version__}")
@@ -101,6 +118,7 @@ def configure_logging(args: argparse.Namespace) -> None:
         if not ours:
             handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("salstream: %(message)s"))
+            handler.addFilter(RedactingFilter())   # no URL password in any line, libraries' included
             root.addHandler(handler)
         root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     logging.getLogger("salstream").setLevel(level)
@@ -135,7 +153,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}; see {exc.prog} --help", file=sys.stderr)
+        return 2
     func: Callable | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (SalstreamError, FileNotFoundError) as exc:
         # Known bad input: one line naming the problem and the fix, no traceback.
-        print(f"salstream {args.command}: error: {exc}", file=sys.stderr)
+        print(f"salstream {args.command}: error: {redact(exc)}", file=sys.stderr)
         return 2
 
 

@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from salstream.cli.numbers import COUNT, number
 from salstream.errors import SalstreamError
-from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, parse_bitrate
+from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, add_source_audio, parse_bitrate
 from salstream.streamer.guidance.roi import RoiConfig, RoiPublisher
 from salstream.streamer.guidance.session import LiveEncodeSession
 from salstream.streamer.live.units import VideoFrame
@@ -43,20 +44,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint", default=None, help="weights for the in-process pipeline (default: bundled)")
     p.add_argument("--engine", default="auto", help="engine for the in-process pipeline (default auto: the fastest "
                    "available, as for `salstream run`)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    p.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM steps (default: the model's)")
     p.add_argument("--publish", default="tcp://127.0.0.1:5556",
                    help="where the in-process pipeline publishes maps and roi/<stream> messages")
-    p.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--frames", type=COUNT, default=None, help="stop after this many frames")
     p.add_argument("--paced", choices=("auto", "yes", "no"), default="auto",
                    help="read files at their native rate (auto: only with --maps, to stay in step with "
                         "the publisher; the in-process pipeline then computes a map for every frame)")
     p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
     p.add_argument("--tune", default=None, help="x264 tune, e.g. zerolatency")
-    p.add_argument("--block-size", type=int, default=16, help="ROI block size in pixels (default 16)")
-    p.add_argument("--salient-qp", type=float, default=-10.0, help="QP offset at saliency 1 (default -10)")
-    p.add_argument("--background-qp", type=float, default=6.0, help="QP offset at saliency 0 (default +6)")
-    p.add_argument("--smooth", type=float, default=0.2, help="time constant (s) of QP smoothing (default 0.2)")
-    p.add_argument("--max-delay", type=int, default=30,
+    p.add_argument("--block-size", type=number(int, 4, 256), default=16, help="ROI block size in pixels (default 16)")
+    p.add_argument("--salient-qp", type=number(float, -51, 51), default=-10.0, help="QP offset at saliency 1 (default -10)")
+    p.add_argument("--background-qp", type=number(float, -51, 51), default=6.0, help="QP offset at saliency 0 (default +6)")
+    p.add_argument("--smooth", type=number(float, 0, 60), default=0.2, help="time constant (s) of QP smoothing (default 0.2)")
+    p.add_argument("--max-delay", type=number(int, 0, 10_000), default=30,
                    help="frames held back waiting for their map before encoding with the latest one (default 30)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run)
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise SalstreamError(f"--frames {args.frames}: must be ≥ 1")
     in_process = guided and not (args.maps or args.truth)
+    from salstream.streamer.overlay.recording import check_record_target
+    check_record_target(args.out, [args.source], option="--out")    # never the input itself, nor a full disk
     paced = {"yes": True, "no": False}.get(args.paced, bool(args.maps))
     source = open_source(args.source, stream_id="0", paced=paced)
     fps = source.fps
@@ -192,11 +195,15 @@ def run(args: argparse.Namespace) -> int:
         stats = session.close(failed=failed)
     if stats is None:
         raise SalstreamError(f"source {args.source!r} ended before its first video frame; nothing was encoded")
+    # The source's own sound, packets unchanged (files and HTTP; a live stream's is not replayable).
+    url = getattr(source, "url", None)
+    audio = bool(url) and source.has_audio and not getattr(source, "live", False) and add_source_audio(
+        args.out, url, seconds=stats.seconds)
     summary = {"out": str(args.out), "frames": stats.frames, "guided_frames": stats.guided_frames,
                "maps_received": session.maps_in,
                "frames_without_own_map": session.aligner.late_frames if guided else None,
                "bytes": stats.bytes, "bitrate": round(stats.bitrate), "target_bitrate": settings.bitrate,
-               "regions_max": stats.regions_max, **summary_extra}
+               "regions_max": stats.regions_max, "audio": bool(audio), **summary_extra}
     if args.json:
         print(json.dumps(summary))
     else:

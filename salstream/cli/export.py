@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from salstream.cli.numbers import number
 from salstream.diffsal.config import MODES
 from salstream.errors import SalstreamError
 
@@ -26,8 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also compile the graphs with Torch-TensorRT (FP16) into OUT/tensorrt (needs a GPU and "
                         "salstream[tensorrt])")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to export (default: all)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps for the parity run (default: profile's)")
+    p.add_argument("--opset", type=number(int, 13, 30), default=None, help="ONNX opset (default 18)")
+    p.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM steps for the parity run (default: profile's)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity report")
     p.set_defaults(func=run)
     return p

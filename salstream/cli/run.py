@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from salstream.cli.numbers import (
+    attempts_or_forever,
+)
 from salstream.errors import SalstreamError
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
 DEMO_RECORD = "out/overlay.mp4"
+# A terminal closing (SIGHUP) ends a run like Ctrl-C or a service manager's SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -78,6 +84,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--audio-wait-ms", type=float, default=100.0,
                    help="how long a window may wait for late audio before it runs video-only (flagged; "
                         "default %(default)s)")
+    p.add_argument("--reconnect", type=attempts_or_forever, default=400, metavar="N|forever",
+                   help="network sources (rtsp://, http(s)://): reconnect attempts per outage before the stream "
+                        "ends, or 'forever' (default %(default)s: about 100 s of outage, enough for a camera reboot). "
+                        "An HTTP file is reopened where it stopped")
+    p.add_argument("--reconnect-max-delay", type=float, default=0.25, metavar="S",
+                   help="longest wait between two reconnect attempts; it starts at 0.1 s and doubles up to S "
+                        "(default %(default)s)")
+    p.add_argument("--stall-frames", type=float, default=30.0, metavar="N",
+                   help="a live stream (RTSP, live HTTP) that delivers no frame for N frame intervals (without "
+                        "disconnecting) is stalled: "
+                        "the next map carries flags.gap and the missing PTS range (default %(default)g; 0: off)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each stream after N frames")
     p.add_argument("--payload", default="float32", choices=("float32", "uint8"),
@@ -103,7 +120,8 @@ def options_from_args(args: argparse.Namespace):
         batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
         mode=args.mode, seed=args.seed, wait_subscriber=args.wait_subscriber,
-        max_new_frames=args.max_new_frames, warm_start=args.warm_start)
+        max_new_frames=args.max_new_frames, warm_start=args.warm_start, reconnect_attempts=args.reconnect,
+        reconnect_max_delay=args.reconnect_max_delay, stall_frames=args.stall_frames)
 
 
 def record_path(args: argparse.Namespace):
@@ -120,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     from salstream.streamer.live.pipeline import Pipeline
 
     opts = options_from_args(args)
-    opts.validate()                       # bad numbers fail before the model loads
+    opts.validate()                       # bad numbers fail before the model loads (PipelineOptions: the one check)
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise SalstreamError(f"--threads {args.threads}: must be 1…1024 CPU threads")
     if args.save_png and args.save_maps is None:
         raise SalstreamError("--save-png writes beside the saved maps: add --save-maps DIR")
     if args.summary_json is not None and Path(args.summary_json).is_dir():
@@ -128,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     consumers = []
     record = record_path(args)
     if record is not None:
-        from salstream.streamer.overlay.recording import OverlayRecording
+        from salstream.streamer.live.sources import default_demo_source
+        from salstream.streamer.overlay.recording import OverlayRecording, check_record_target
+        # Before anything runs: an unwritable path, a full disk or the input itself fail now.
+        check_record_target(record, list(args.source or [default_demo_source()]))
         consumers.append(OverlayRecording(record, preset=args.record_preset))
     if args.save_maps is not None:
         from salstream.streamer.saved_maps import MapSaver
@@ -144,14 +167,26 @@ def run(args: argparse.Namespace) -> int:
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
-        # First Ctrl-C / SIGTERM: finish cleanly (maps in flight, playable recording).
+        name = signal.Signals(signum).name
         if stopping.is_set():
-            raise KeyboardInterrupt
+            # Second signal: leave now. Unwinding threads that sit in native code (encoders,
+            # x264) can abort the interpreter; the recording is fragmented, so it already
+            # plays up to its last second.
+            print(f"\nsalstream run: {name} again, exiting now", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         stopping.set()
-        print(f"\nsalstream run: {signal.Signals(signum).name}, finishing…", file=sys.stderr)
+        if not pipe.ready.is_set():
+            # Still loading or exporting the model (a minute on first use): nothing to finish.
+            print(f"\nsalstream run: {name}, stopping before the first map", file=sys.stderr)
+            pipe.stop()
+            raise KeyboardInterrupt
+        # First Ctrl-C / SIGTERM / SIGHUP: finish cleanly (maps in flight, playable recording).
+        print(f"\nsalstream run: {name}, finishing…", file=sys.stderr)
         pipe.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         summary = pipe.run()
     finally:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from salstream.cli.numbers import COUNT, SECONDS, number
 from salstream.errors import SalstreamError
 from salstream.streamer.wire.format import FrameMessage, MapHeader, MapMessage, WireError
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
@@ -31,11 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stream", default=None, help="stream id to show (default: the first one received)")
     p.add_argument("--record", default=None, metavar="PATH", help="write the overlay to this .mp4 instead of "
                    "showing a window")
-    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity at the most salient pixel (default %(default)s)")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the recording's time base (default %(default)s)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.add_argument("--max-maps", type=int, default=None, metavar="N", help="stop after N maps")
-    p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+    p.add_argument("--alpha", type=number(float, 0, 1), default=0.6, help="heatmap opacity at the most salient pixel (default %(default)s)")
+    p.add_argument("--fps", type=number(float, 1, 480), default=30.0, help="frame rate of the recording's time base (default %(default)s)")
+    p.add_argument("--duration", type=SECONDS, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-maps", type=COUNT, default=None, metavar="N", help="stop after N maps")
+    p.add_argument("--idle-timeout", type=SECONDS, default=None, metavar="S",
                    help="stop when no map arrived for S seconds (default: wait forever)")
     p.set_defaults(func=view)
     return p
@@ -110,7 +111,10 @@ def view(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.record:
+        from salstream.streamer.overlay.recording import check_record_target
+        check_record_target(args.record)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     viewer = OverlayViewer(args.address, args.stream, args.alpha)
     recorder = OverlayRecorder(args.record, fps=args.fps) if args.record else None
     t0 = last = time.monotonic()
@@ -141,7 +145,9 @@ def view(args: argparse.Namespace) -> int:
             recorder.close()
         viewer.close()
     missed = viewer.sub.missed
+    bad = viewer.sub.bad_messages + viewer.bad_frames
     print(f"salstream view: {viewer.maps} maps from stream {viewer.stream}"
           + (f", {missed} missed (subscriber too slow)" if missed else "")
+          + (f", {bad} bad messages skipped (last: {viewer.sub.last_error or 'undecodable preview'})" if bad else "")
           + (f"; overlay written to {args.record}" if recorder is not None else ""))
     return 0

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 
+from salstream.cli.numbers import number
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
@@ -25,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="where to serve the page (default %(default)s); loopback only unless --allow-remote")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --listen address (the maps become visible to other machines)")
-    p.add_argument("--alpha", type=float, default=0.6,
+    p.add_argument("--alpha", type=number(float, 0, 1), default=0.6,
                    help="heatmap opacity of the server-side MJPEG overlay (default %(default)s)")
     p.set_defaults(func=web)
     return p
@@ -38,7 +39,7 @@ def web(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise SalstreamError(f"--alpha {args.alpha}: must be between 0 and 1")
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with WebViewer(args.listen, allow_remote=args.allow_remote, alpha=args.alpha) as viewer:
             viewer.connect(args.connect).start()

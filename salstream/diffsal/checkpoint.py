@@ -7,9 +7,11 @@ was expected and what was found.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -60,8 +62,9 @@ def load_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Te
     meta = read_metadata(path)
     try:
         cfg = ModelConfig.from_json(meta["config"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path}: unreadable config metadata ({exc})") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {path}: unusable config metadata ({str(exc)[:200]}); "
+                              "re-save it with salstream or use the bundled weights") from None
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -79,13 +82,26 @@ def load_model(path: str | os.PathLike, profile: Optional[str] = None) -> torch.
         raise CheckpointError(f"checkpoint {path}: expected profile {profile!r}, found {meta['profile']!r}; "
                               f"pass --profile {meta['profile']} or a {profile} checkpoint")
     cfg, state = load_state(path)
+    # The config sizes the model: build it on the meta device first (no memory) and check it
+    # against the tensors the file really holds, so crafted metadata cannot make us allocate.
+    # (pretrained backbone weights are not fetched for the skeleton: the file must hold them anyway)
+    bare = dataclasses.replace(cfg, arch={**cfg.arch, "pretrained": False}) if "pretrained" in cfg.arch else cfg
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = create_model(bare)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its config cannot build a {cfg.profile} model "
+                              f"({str(exc)[:200]})") from None
+    check_state_fits(skeleton, state, source=str(path))
+    del skeleton
     model = create_model(cfg)
     load_state_dict_strict(model, state, source=str(path))
     return model.eval()
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable error listing the first mismatches."""
+def check_state_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``model``'s names and shapes (no copying)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -101,6 +117,11 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
             parts.append(f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})")
         raise CheckpointError(f"checkpoint {source}: does not fit the {model.config.profile} model: "
                               + "; ".join(parts))
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a readable error listing the first mismatches."""
+    check_state_fits(model, state, source)
     model.load_state_dict(state, strict=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,37 @@ PIXEL_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, flo
 }
 
 MODES = ("av", "video", "audio")
+
+# Bounds of a stored config (checkpoint metadata is input: it is checked before it sizes anything).
+MAX_CONFIG_CHARS = 64 * 1024
+MAX_SIDE = 4096          # input, map and audio slice sides
+MAX_ARCH_NUMBER = 65536  # widths, depths, heads, kernel sizes… of any profile
+
+
+def _check_arch(v: Any, name: str, depth: int) -> None:
+    """Profile-specific architecture values: small numbers, short strings, short flat lists."""
+    if depth > 3:
+        raise ValueError(f"config field {name}: nested too deeply")
+    if isinstance(v, bool) or v is None:
+        return
+    if isinstance(v, (int, float)):
+        if not math.isfinite(v) or abs(v) > MAX_ARCH_NUMBER:
+            raise ValueError(f"config field {name} = {v!r}: expected a finite number of at most {MAX_ARCH_NUMBER}")
+    elif isinstance(v, str):
+        if len(v) > 256:
+            raise ValueError(f"config field {name}: string longer than 256 characters")
+    elif isinstance(v, (list, tuple)):
+        if len(v) > 64:
+            raise ValueError(f"config field {name}: more than 64 entries")
+        for i, x in enumerate(v):
+            _check_arch(x, f"{name}[{i}]", depth + 1)
+    elif isinstance(v, dict):
+        if len(v) > 256:
+            raise ValueError(f"config field {name}: more than 256 keys")
+        for k, x in v.items():
+            _check_arch(x, f"{name}.{k}", depth + 1)
+    else:
+        raise ValueError(f"config field {name}: unsupported value {type(v).__name__}")
 
 
 @dataclass
@@ -57,11 +89,65 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
+        """The config stored in a checkpoint, range-checked before anything is built from it.
+
+        Raises ``ValueError`` naming the first field out of range (a crafted file must not
+        make the loader allocate gigabytes or loop for hours)."""
+        if not isinstance(text, str) or len(text) > MAX_CONFIG_CHARS:
+            raise ValueError(f"config metadata longer than {MAX_CONFIG_CHARS} characters")
         d = json.loads(text)
-        d["audio"] = AudioConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("audio", {}).items()})
+        if not isinstance(d, dict):
+            raise ValueError("config metadata is not a JSON object")
+        audio = d.get("audio", {})
+        if not isinstance(audio, dict):
+            raise ValueError("config field 'audio' is not an object")
+        d["audio"] = AudioConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in audio.items()})
         for k in ("input_size", "map_size"):
+            if not isinstance(d.get(k), (list, tuple)):
+                raise ValueError(f"config field {k!r} = {d.get(k)!r}: expected [height, width]")
             d[k] = tuple(d[k])
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "ModelConfig":
+        """Every field within what a real model of any profile uses (generous bounds); else ``ValueError``."""
+        def need(ok: bool, name: str, value: Any, want: str) -> None:
+            if not ok:
+                shown = repr(value)
+                raise ValueError(f"config field {name} = {shown[:80]}: expected {want}")
+
+        def integer(name: str, v: Any, lo: int, hi: int) -> None:
+            need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, name, v, f"an integer in {lo}…{hi}")
+
+        def size(name: str, v: Any) -> None:
+            need(isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                and 1 <= x <= MAX_SIDE for x in v),
+                 name, v, f"[height, width], each 1…{MAX_SIDE}")
+
+        need(isinstance(self.profile, str) and 0 < len(self.profile) <= 64, "profile", self.profile, "a profile name")
+        integer("frames", self.frames, 1, 256)
+        integer("frame_stride", self.frame_stride, 1, 64)
+        integer("target_index", self.target_index, 0, self.frames - 1)
+        size("input_size", self.input_size)
+        size("map_size", self.map_size)
+        need(self.pixel_norm in PIXEL_NORMS, "pixel_norm", self.pixel_norm, f"one of {', '.join(PIXEL_NORMS)}")
+        need(isinstance(self.per_frame_video, bool), "per_frame_video", self.per_frame_video, "true or false")
+        integer("default_steps", self.default_steps, 1, 1000)
+        need(self.timestep_spacing in ("leading", "trailing"), "timestep_spacing", self.timestep_spacing,
+             "leading or trailing")
+        a = self.audio
+        integer("audio.sample_rate", a.sample_rate, 1000, 192000)
+        integer("audio.n_slices", a.n_slices, 1, 256)
+        integer("audio.n_mels", a.n_mels, 1, 512)
+        for name in ("slice_seconds", "slice_hop_seconds"):
+            v = getattr(a, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 60,
+                 f"audio.{name}", v, "seconds in (0, 60]")
+        size("audio.slice_size", a.slice_size)
+        need(isinstance(self.arch, dict), "arch", self.arch, "an object")
+        _check_arch(self.arch, "arch", 0)
+        return self
 
     @property
     def causal(self) -> bool:

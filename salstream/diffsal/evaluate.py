@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from salstream.cli.numbers import COUNT, SEED, THREADS, number
 from salstream.diffsal import metrics as M
 from salstream.diffsal.config import MODES
 from salstream.diffsal.datasets.layout import Video
@@ -294,9 +295,9 @@ def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: i
                  cache_root: Optional[Path] = None) -> dict[str, list[Video]]:
     """``synthetic`` (written on first use under the data cache) or a dataset directory."""
     from salstream.diffsal.datasets.layout import load_videos
-    from salstream.diffsal.datasets.synthetic import write_synthetic
+    from salstream.diffsal.datasets.synthetic import synthetic_root, write_synthetic
     if data == "synthetic":
-        root = (cache_root or default_data_root()) / "synthetic"
+        root = synthetic_root(cache_root or default_data_root(), n_frames=n_frames)
         write_synthetic(root, {split: n_clips}, n_frames=n_frames, progress=True)
         vids = load_videos(root, split, datasets=["Synthetic"])
         return {"Synthetic": vids["Synthetic"][:n_clips]}
@@ -312,18 +313,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="salstream .safetensors checkpoint (default: the bundled lite model)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
     p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test)")
-    p.add_argument("--fold", type=int, default=1, help="AV datasets: fold 1-3")
-    p.add_argument("--clips", type=int, default=40, help="synthetic: number of clips (default 40)")
+    p.add_argument("--fold", type=number(int, 1, 3), default=1, help="AV datasets: fold 1-3")
+    p.add_argument("--clips", type=COUNT, default=40, help="synthetic: number of clips (default 40)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of av,video,audio")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the profile's)")
-    p.add_argument("--frame-step", type=int, default=6, help="score every N-th frame (default 6: even, so lite's "
+    p.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM steps (default: the profile's)")
+    p.add_argument("--frame-step", type=number(int, 1, 10_000), default=6, help="score every N-th frame (default 6: even, so lite's "
                    "stride-2 windows only ever need the even frames)")
-    p.add_argument("--max-windows", type=int, default=None, help="at most this many frames per video")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-windows", type=COUNT, default=None, help="at most this many frames per video")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--data-root", type=Path, default=None, help="where synthetic data is written "
                    "(default $SALSTREAM_DATA or ~/.cache/salstream)")
     p.add_argument("--out", type=Path, default=Path("eval_report"), help="report folder (default ./eval_report)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
     return p
 

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from salstream.cli.numbers import COUNT, SEED, THREADS, number
 from salstream.diffsal.config import MODES
 from salstream.diffsal.datasets.layout import Video
 from salstream.diffsal.datasets.windows import (
@@ -66,6 +67,18 @@ class TrainOptions:
     val_windows: int = 48
     train_only: tuple[str, ...] = ()   # parameter-name prefixes; empty: everything trainable
     select_mode: Optional[str] = None  # model selection by this mode's val CC (default av, else video)
+
+    def validate(self) -> None:
+        """Refuse settings that would train nothing or diverge at once (the CLI checks them earlier)."""
+        checks = [("epochs", self.epochs, 1, 100_000), ("batch_size", self.batch_size, 1, 4096),
+                  ("target_stride", self.target_stride, 1, 10_000)]
+        for name, v, lo, hi in checks:
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise SalstreamError(f"--{name.replace('_', '-')} {v!r}: must be an integer from {lo} to {hi}")
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or not 0 < self.lr <= 1:
+            raise SalstreamError(f"--lr {self.lr!r}: must be a learning rate above 0 and at most 1 (e.g. 1e-4)")
+        if not math.isfinite(self.grad_clip) or self.grad_clip <= 0:
+            raise SalstreamError(f"gradient clip {self.grad_clip!r}: must be a positive number")
 
 
 # --------------------------------------------------------------------------- samples
@@ -362,6 +375,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         log(f"[train] cached features of {len(batcher.frames)} frames "
             f"({batcher.frames.nbytes() / 2**20:.0f} MiB) in {prep_s:.0f} s")
 
+    opts.validate()
     params = trainable_parameters(model)
     if not params:
         raise SalstreamError("the model has no trainable parameters")
@@ -383,7 +397,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
         from salstream.diffsal.checkpoint import load_state
         _, sd = load_state(out / "last.safetensors")
         model.load_state_dict(sd, strict=True)
-        st = torch.load(state_path, weights_only=False)
+        st = load_train_state(state_path)
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         gen.set_state(st["generator"])
@@ -447,13 +461,34 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
     return record
 
 
+def load_train_state(path: Path) -> dict:
+    """The optimiser/scheduler/RNG state of ``--resume``, read without running code from the file.
+
+    ``weights_only=True`` unpickles tensors and plain values only (what :func:`train` saves);
+    anything else — a crafted file that would import and call something — is refused.
+    """
+    import pickle
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SalstreamError(f"--resume: {path} is not a training state salstream wrote (it holds objects other "
+                             f"than tensors and plain values, or is damaged: {first}); nothing in it was run. "
+                             "Delete it to start the run afresh, or resume from a folder you trust") from None
+    keys = {"optimizer", "scheduler", "generator", "py_rng", "epoch"}
+    if not isinstance(st, dict) or not keys <= set(st) or not isinstance(st["epoch"], int) or st["epoch"] < 0:
+        raise SalstreamError(f"--resume: {path} lacks {', '.join(sorted(keys))} (not a salstream training state); "
+                             "delete it to start the run afresh")
+    return st
+
+
 # --------------------------------------------------------------------------- CLI
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a profile (x0 diffusion objective, modality dropout)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="lite", help="model profile: lite or full (default lite)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
-    p.add_argument("--fold", type=int, default=1, help="AV datasets: fold 1-3")
+    p.add_argument("--fold", type=number(int, 1, 3), default=1, help="AV datasets: fold 1-3")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--init", type=Path, default=None,
@@ -465,22 +500,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "statistics included")
     p.add_argument("--select-mode", choices=MODES, default=None,
                    help="keep best.safetensors by this mode's validation CC (default: av, else video)")
-    p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
-    p.add_argument("--lr", type=float, default=TrainOptions.lr)
+    p.add_argument("--epochs", type=number(int, 1, 100_000), default=TrainOptions.epochs)
+    p.add_argument("--batch-size", type=number(int, 1, 4096), default=TrainOptions.batch_size)
+    p.add_argument("--lr", type=number(float, 0, 1, lo_open=True), default=TrainOptions.lr)
     p.add_argument("--mode-probs", default="0.6,0.2,0.2", help="probabilities of av,video,audio batches")
-    p.add_argument("--target-stride", type=int, default=TrainOptions.target_stride,
+    p.add_argument("--target-stride", type=number(int, 1, 10_000), default=TrainOptions.target_stride,
                    help="one training window every N frames of each clip")
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
-    p.add_argument("--train-clips", type=int, default=120, help="synthetic: training clips")
-    p.add_argument("--val-clips", type=int, default=8, help="synthetic: validation clips")
-    p.add_argument("--clip-frames", type=int, default=150, help="synthetic: frames per clip")
-    p.add_argument("--val-windows", type=int, default=TrainOptions.val_windows,
+    p.add_argument("--max-steps-per-epoch", type=COUNT, default=None)
+    p.add_argument("--train-clips", type=number(int, 1, 100_000), default=120, help="synthetic: training clips")
+    p.add_argument("--val-clips", type=number(int, 0, 100_000), default=8, help="synthetic: validation clips")
+    p.add_argument("--clip-frames", type=number(int, 1, 100_000), default=150, help="synthetic: frames per clip")
+    p.add_argument("--val-windows", type=number(int, 0, 1_000_000), default=TrainOptions.val_windows,
                    help="validation windows scored after each epoch (0: none)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="where synthetic data is written (default $SALSTREAM_DATA or ~/.cache/salstream)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=run)
     return p
@@ -488,10 +523,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def load_training_data(args) -> tuple[list[Video], list[Video]]:
     from salstream.diffsal.datasets.layout import load_videos
-    from salstream.diffsal.datasets.synthetic import write_synthetic
+    from salstream.diffsal.datasets.synthetic import synthetic_root, write_synthetic
     from salstream.diffsal.evaluate import default_data_root
     if args.data == "synthetic":
-        root = (args.data_root or default_data_root()) / "synthetic"
+        root = synthetic_root(args.data_root or default_data_root(), n_frames=args.clip_frames)
         write_synthetic(root, {"train": args.train_clips, "val": args.val_clips}, n_frames=args.clip_frames,
                         progress=not args.no_progress)
         tr = load_videos(root, "train", datasets=["Synthetic"])["Synthetic"][:args.train_clips]

@@ -5,8 +5,8 @@ The cache lives in ``$SALSTREAM_CACHE/engines`` (default ``$XDG_CACHE_HOME/salst
 checkpoint file's SHA-256 (or the weights' hash for an in-memory model), the precision and
 the opset. Exports are written to a private temporary directory and renamed into place,
 so a killed export or two processes racing never leave a half-written entry; an entry
-whose files fail their checksums is rebuilt, and temporary directories of exports that
-died are removed.
+whose manifest or files are damaged is rebuilt, and the temporary directories of exports
+that were killed are removed by the next export (their owner's PID is in the name).
 """
 from __future__ import annotations
 
@@ -56,11 +56,25 @@ def usable(entry: Path) -> bool:
         return False
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # someone else's process: alive
+        return True
+    return True
+
+
 def _remove_stale_temps(root: Path) -> None:
+    """Remove temporary export folders whose process died (named ``.export-<pid>-…``), or very old ones."""
     now = time.time()
     for d in root.glob(TMP_PREFIX + "*"):
+        pid_text = d.name[len(TMP_PREFIX):].partition("-")[0]
         try:
-            if now - d.stat().st_mtime > STALE_TMP_SECONDS:
+            dead = pid_text.isdigit() and not _pid_alive(int(pid_text))
+            if dead or now - d.stat().st_mtime > STALE_TMP_SECONDS:
+                log.info("removing %s, left by an export that did not finish", d)
                 shutil.rmtree(d, ignore_errors=True)
         except OSError:
             pass
@@ -79,15 +93,20 @@ def cached_export(model: nn.Module | Callable[[], nn.Module], *, checkpoint_sha2
     else:
         key = checkpoint_sha256
     final = cache_entry(key, fp16, opset, root)
+    if final.parent.is_dir():
+        _remove_stale_temps(final.parent)
     if usable(final):
         return final
-    shutil.rmtree(final, ignore_errors=True)
+    if final.is_dir():
+        shutil.rmtree(final, ignore_errors=True)
+    elif final.exists() or final.is_symlink():
+        final.unlink()               # a stray file where the entry belongs
     model = model if isinstance(model, nn.Module) else model()
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(final.parent)
     log.info("exporting the %s graphs to ONNX once (about a minute on 2 cores); cached in %s",
              model.config.profile, final)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=final.parent))
+    # The owner's PID in the name lets the next export remove it at once if this process is killed.
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=final.parent))
     try:
         export_onnx(model, tmp, checkpoint_sha256=checkpoint_sha256, fp16=fp16, opset=opset, progress=log.info)
         try:

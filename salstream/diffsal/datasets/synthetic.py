@@ -34,6 +34,7 @@ CPU training budget (audio-visual CC equal to video-only). 2 uses turns.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,14 +386,22 @@ def write_synthetic(root, splits: dict[str, int], n_frames: int = 150, width: in
     manifest = root / "synthetic.json"
     done: dict = {}
     if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("params") == params:
-            done = old.get("splits", {})
+        try:
+            old = json.loads(manifest.read_text())
+        except ValueError:
+            old = {"params": params}      # a torn manifest: the clips are rewritten below
+        if old.get("params") != params:
+            # Rewriting the clips in place would change them under a run that uses them.
+            from salstream.errors import SalstreamError
+            raise SalstreamError(f"{root} holds a synthetic set made with other parameters ({old.get('params')}); "
+                                 "use synthetic_root() for a folder of its own, or delete it")
+        done = old.get("splits", {})
     root.mkdir(parents=True, exist_ok=True)
     for split, count in splits.items():
         split_seed(split, 0)  # validates the split name
-        entries = [VideoEntry(clip_name(split, k), n_frames, fps) for k in range(count)]
         have = int(done.get(split, 0))
+        # The split lists every clip written so far (a run asking for fewer never shrinks it).
+        entries = [VideoEntry(clip_name(split, k), n_frames, fps) for k in range(max(have, count))]
         todo = range(have, count)
         it = todo
         if progress and len(todo):
@@ -404,5 +413,17 @@ def write_synthetic(root, splits: dict[str, int], n_frames: int = 150, width: in
             write_clip(root, clip, clip_name(split, k))
         write_split_file(split_file(root, DATASET_NAME, split, 1), entries)
         done[split] = max(have, count)
-        manifest.write_text(json.dumps({"params": params, "splits": done}, indent=1))
+        tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"params": params, "splits": done}, indent=1))
+        os.replace(tmp, manifest)
     return root
+
+
+def synthetic_root(base, n_frames: int = 150, width: int = 384, height: int = 224, fps: float = 30.0,
+                   sample_rate: int = 16000) -> Path:
+    """Where the synthetic set made with these parameters lives under ``base``: the default set in
+    ``synthetic/``, any other in a folder named by its parameters, so runs with different settings
+    never rewrite each other's clips."""
+    if (n_frames, width, height, fps, sample_rate) == (150, 384, 224, 30.0, 16000):
+        return Path(base) / "synthetic"
+    return Path(base) / f"synthetic-{n_frames}f-{width}x{height}-{fps:g}fps-{sample_rate}hz"

@@ -137,6 +137,48 @@ class EncodeStats:
         return 8.0 * self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
+def add_source_audio(out: Union[str, os.PathLike], source: str, seconds: Optional[float] = None) -> bool:
+    """Copy ``source``'s first audio track, packets unchanged, into the encoded file ``out``.
+
+    The encoder writes video only (frames arrive through the live pipeline, whose audio is
+    resampled for the model); this restores the original sound beside it, cut at ``seconds``
+    (the encoded duration). Returns False when the source has no audio or it cannot be copied
+    (the video-only file is then kept as it is, with a warning)."""
+    import heapq
+    import logging
+    log = logging.getLogger("salstream.encode")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.audio{out.suffix}")
+    try:
+        with av.open(str(source)) as src:
+            audio = next(iter(src.streams.audio), None)
+            if audio is None:
+                return False
+            with av.open(str(out)) as video_in, av.open(str(tmp), "w") as dst:   # format: from the suffix
+                v_out = dst.add_stream_from_template(video_in.streams.video[0])
+                a_out = dst.add_stream_from_template(audio)
+
+                def packets(container, stream, target, limit: Optional[float]):
+                    for p in container.demux(stream):
+                        if p.dts is None:            # the demuxer's flush packet
+                            continue
+                        if limit is not None and p.pts is not None and float(p.pts * p.time_base) >= limit:
+                            return
+                        p.stream = target
+                        yield p
+                merged = heapq.merge(packets(video_in, video_in.streams.video[0], v_out, None),
+                                     packets(src, audio, a_out, seconds),
+                                     key=lambda p: float(p.dts * p.time_base))
+                for p in merged:
+                    dst.mux(p)
+        os.replace(tmp, out)
+        return True
+    except (OSError, av.error.FFmpegError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("%s: could not copy the source's audio (%s); the file has video only", out, exc)
+        return False
+
+
 class GuidedEncoder:
     """H.264 writer for RGB frames, optionally steered by saliency maps.
 

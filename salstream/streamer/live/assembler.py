@@ -151,13 +151,16 @@ class WindowAssembler:
     may wait for its audio. ``mode``: ``"auto"`` (AV when the stream has audio),
     ``"video"`` or ``"audio"`` (forced). ``preprocess``: ``(rgb, cfg) -> (3, H, W)``,
     by default ``diffsal.preprocess.preprocess_frame``. ``clock``: monotonic seconds.
+    ``stall_after``: seconds without a frame (by capture time) after which the next frame
+    records a gap (``reason`` "stall: …") even though the source never disconnected
+    (``None``: off, e.g. for unpaced offline reads).
     """
 
     def __init__(self, cfg: ModelConfig, stream_id: str = "0", *, hop: int = 1, has_audio: bool = True,
                  audio_wait: float = 0.1, mode: str = "auto",
                  preprocess: Optional[Callable[[np.ndarray, ModelConfig], torch.Tensor]] = None,
                  clock: Callable[[], float] = time.monotonic, audio_seconds: float = 8.0,
-                 audio_stall: float = 1.0):
+                 audio_stall: float = 1.0, stall_after: Optional[float] = None):
         if hop < 1:
             raise SalstreamError(f"--hop {hop}: must be >= 1 (1 = a map for every frame)")
         if mode not in MODE_CHOICES:
@@ -192,6 +195,9 @@ class WindowAssembler:
         self._last_audio = -float("inf")   # clock when the last audio chunk arrived
         self.gaps: tuple = ()         # outages so far (see Window.gaps); replaced, never mutated
         self._open_gap: Optional[dict] = None   # reported by the source, waiting for its first frame
+        self.stall_after = stall_after
+        self._last_frame: Optional[tuple[float, float]] = None   # (pts, capture time) of the newest frame
+        self.stalls = 0
         self.emitted = 0
         self.lagged_windows = 0
         self.ended = False
@@ -229,9 +235,16 @@ class WindowAssembler:
         return out
 
     def _add_frame(self, f: VideoFrame) -> None:
+        last, self._last_frame = self._last_frame, (float(f.pts), float(f.capture_time))
         if self._open_gap is not None:        # the first frame after an outage closes its PTS range
             self.gaps = self.gaps + (dict(self._open_gap, to_pts=float(f.pts)),)
             self._open_gap = None
+        elif (self.stall_after is not None and last is not None
+              and f.capture_time - last[1] > self.stall_after):
+            # No disconnect, but no frame either (a server or camera that hung): still an outage.
+            self.stalls += 1
+            self.gaps = self.gaps + ({"from_pts": last[0], "to_pts": float(f.pts),
+                                      "reason": f"stall: no frame for {f.capture_time - last[1]:.1f} s"},)
         if self._first_index is None:
             self._first_index = f.index
         tensor = self._preprocess(f.image, self.cfg)

@@ -14,6 +14,7 @@ instead, so an offline run gets a map for every window.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from salstream.errors import SalstreamError
+from salstream.redact import redact
 from salstream.streamer.live.assembler import MODE_CHOICES, WindowAssembler
 from salstream.streamer.live.scheduler import MapResult, Scheduler
 from salstream.streamer.live.summary import CpuMeter, MapStats, RunSummary
@@ -32,6 +34,7 @@ from salstream.streamer.wire.publisher import DEFAULT_ADDRESS, Publisher
 log = logging.getLogger("salstream.pipeline")
 
 MAX_STEPS = 1000
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")    # sources that reconnect (see sources.pyav)
 
 
 @dataclass
@@ -57,30 +60,49 @@ class PipelineOptions:
     wait_subscriber: float = 0.0     # seconds to wait for a first subscriber before reading sources
     max_new_frames: int = 4          # per-frame profiles: new frames encoded per window at most (0: no cap)
     warm_start: Optional[int] = None  # DDIM warm start from the previous map at this timestep (None: off)
+    reconnect_attempts: Optional[int] = 400   # network sources: reconnect attempts per outage (None: forever)
+    reconnect_max_delay: float = 0.25         # s, cap of the doubling wait between attempts
+    stall_frames: float = 30.0        # live sources: no frame for this many frame intervals marks a gap (0: off)
+    heartbeat_s: float = 1.0          # status/<stream> heartbeat period
 
     def validate(self) -> None:
+        for name in ("batch_deadline_ms", "audio_wait_ms", "wait_subscriber", "duration", "reconnect_max_delay",
+                     "stall_frames", "heartbeat_s"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise SalstreamError(f"--{name.replace('_', '-')} {v!r}: must be a finite number")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise SalstreamError(f"--steps {self.steps}: must be between 1 and {MAX_STEPS} (fewer is faster)")
         if not 1 <= self.hop <= 10000:
             raise SalstreamError(f"--hop {self.hop}: must be >= 1 (1 = a map for every frame, N = every Nth)")
-        if self.max_batch < 1:
-            raise SalstreamError(f"--max-batch {self.max_batch}: must be >= 1")
-        if self.batch_deadline_ms < 0:
-            raise SalstreamError(f"--batch-deadline-ms {self.batch_deadline_ms}: must be >= 0")
-        if self.duration is not None and self.duration <= 0:
+        if not 1 <= self.max_batch <= 256:
+            raise SalstreamError(f"--max-batch {self.max_batch}: must be 1…256")
+        if not 0 <= self.batch_deadline_ms <= 600_000:
+            raise SalstreamError(f"--batch-deadline-ms {self.batch_deadline_ms}: must be >= 0 (and under ten minutes)")
+        if self.duration is not None and not 0 < self.duration <= 1e7:
             raise SalstreamError(f"--duration {self.duration}: must be > 0 seconds")
-        if self.max_frames is not None and self.max_frames < 1:
+        if self.max_frames is not None and not 1 <= self.max_frames <= 10 ** 12:
             raise SalstreamError(f"--max-frames {self.max_frames}: must be >= 1")
-        if self.audio_wait_ms < 0:
-            raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0")
+        if not 0 <= self.audio_wait_ms <= 600_000:
+            raise SalstreamError(f"--audio-wait-ms {self.audio_wait_ms}: must be >= 0 (and under ten minutes)")
+        if not 0 <= self.seed < 2 ** 63:
+            raise SalstreamError(f"--seed {self.seed}: must be 0 or a positive integer")
         if self.mode not in MODE_CHOICES:
             raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
         if self.warm_start is not None and not 0 <= self.warm_start < 1000:
             raise SalstreamError(f"--warm-start {self.warm_start}: must be a timestep in 0…999 (e.g. 250)")
-        if self.max_new_frames < 0:
+        if not 0 <= self.max_new_frames <= 10_000:
             raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
-        if self.wait_subscriber < 0:
-            raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds")
+        if not 0 <= self.wait_subscriber <= 86_400:
+            raise SalstreamError(f"--wait-subscriber {self.wait_subscriber}: must be >= 0 seconds (at most a day)")
+        if self.reconnect_attempts is not None and not 0 <= self.reconnect_attempts <= 10 ** 9:
+            raise SalstreamError(f"--reconnect {self.reconnect_attempts}: a number of attempts >= 0, or forever")
+        if not 0 < self.reconnect_max_delay <= 3600:
+            raise SalstreamError(f"--reconnect-max-delay {self.reconnect_max_delay}: must be 0…3600 seconds")
+        if not (self.stall_frames == 0 or 2 <= self.stall_frames <= 100_000):
+            raise SalstreamError(f"--stall-frames {self.stall_frames}: 2…100000 frame intervals, or 0 for off")
+        if not 0 < self.heartbeat_s <= 3600:
+            raise SalstreamError(f"heartbeat period {self.heartbeat_s}: must be 0…3600 seconds")
         if self.payload_dtype not in wire.PAYLOAD_DTYPES:
             raise SalstreamError(f"--payload {self.payload_dtype}: choose one of {', '.join(wire.PAYLOAD_DTYPES)}")
 
@@ -136,6 +158,7 @@ class Pipeline:
         self._process_cpu = 0.0
         self._source_errors: list[str] = []
         self._gaps_reported: dict[str, int] = {}   # per stream: outages already marked on a published map
+        self._last_frame: dict[str, tuple[float, float]] = {}   # per stream: (pts, arrival) of the newest frame
         self.endpoint: Optional[str] = None
         self.bound = threading.Event()     # set once the socket is bound (``endpoint`` is known)
         self.ready = threading.Event()     # set once sources are open and maps are about to flow
@@ -149,8 +172,12 @@ class Pipeline:
         out = []
         try:
             for i, spec in enumerate(specs):
+                extra = {}
+                if str(spec).partition("://")[0].lower() in NETWORK_SCHEMES:
+                    extra = {"reconnect_attempts": self.opts.reconnect_attempts,
+                             "reconnect_max_delay": self.opts.reconnect_max_delay}
                 out.append(open_source(spec, stream_id=str(i), paced=self.opts.paced,
-                                       mic=self.opts.mic if i == 0 else None))
+                                       mic=self.opts.mic if i == 0 else None, **extra))
         except BaseException:
             for s in out:
                 s.close()
@@ -196,7 +223,10 @@ class Pipeline:
             for s in self._sources:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
-                    audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode)
+                    audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode,
+                    # Live network sources only: a paced file "stalls" only when this machine is slow.
+                    stall_after=(o.stall_frames / s.fps if o.paced and o.stall_frames and s.fps > 0
+                                 and getattr(s, "live", False) else None))
                 self.scheduler.add_stream(s.stream_id, lossless=not o.paced)
                 log.info("stream %s: %s", s.stream_id, s.description or s)
             for c in self.consumers:
@@ -216,11 +246,14 @@ class Pipeline:
                                         daemon=True) for s in self._sources]
             for r in readers:
                 r.start()
+            states: dict[str, tuple[str, float]] = {}
             while any(r.is_alive() for r in readers):
                 if self.scheduler.error is not None:
                     self.stop()
                 if o.duration is not None and time.monotonic() - t_start >= o.duration:
                     self.stop()
+                for s, r in zip(self._sources, readers):
+                    self._heartbeat(s, "ended" if not r.is_alive() else s.status, states)
                 for r in readers:
                     r.join(0.05)    # short joins keep the main thread responsive to signals
             self.scheduler.close(drain=True)
@@ -237,15 +270,38 @@ class Pipeline:
                 s.close()
             if self.scheduler is not None:
                 self.scheduler.close(drain=False, timeout=10)
+            # Every consumer is closed and the socket too, whatever one of them raises; the first
+            # error (a recording that could not be written) then ends the run as a failure.
+            close_error: Optional[BaseException] = None
             for c in started:
                 try:
                     c.close(failed=failed)
-                except Exception:
-                    if not failed:
-                        raise
-                    log.exception("closing %s failed", type(c).__name__)
+                except Exception as exc:
+                    if failed:
+                        log.error("closing %s failed: %s", type(c).__name__, exc)
+                    close_error = close_error or exc
+            for s in (self._sources or []) if self.ready.is_set() else []:
+                self._heartbeat(s, "ended", {})
             self.publisher.close()
+            if close_error is not None and not failed:
+                raise close_error
         return self._summary(seconds)
+
+    def _heartbeat(self, source, state: str, sent: dict[str, tuple[str, float]]) -> None:
+        """``status/<stream>`` at once when the state changes, else every ``heartbeat_s``: subscribers
+        tell a stream that is down from one that is merely quiet."""
+        sid, now = source.stream_id, time.monotonic()
+        previous = sent.get(sid)
+        if previous is not None and previous[0] == state and now - previous[1] < self.opts.heartbeat_s:
+            return
+        sent[sid] = (state, now)
+        last = self._last_frame.get(sid)
+        try:
+            self.publisher.send_status(sid, state, last_pts=None if last is None else last[0],
+                                       frame_age_s=None if last is None else round(now - last[1], 3),
+                                       reconnects=int(getattr(source, "reconnects", 0)))
+        except Exception:           # a heartbeat must never take the run down
+            log.debug("status heartbeat failed", exc_info=True)
 
     def _read(self, source) -> None:
         sid = source.stream_id
@@ -267,6 +323,7 @@ class Pipeline:
                     frames += 1
                     if self.opts.max_frames is not None and frames > self.opts.max_frames:
                         break
+                    self._last_frame[sid] = (float(unit.pts), time.monotonic())
                 elif isinstance(unit, StreamEvent):
                     self._log_event(unit)
                     if unit.kind == "end":
@@ -277,6 +334,14 @@ class Pipeline:
                     sched.submit(w, block=lossless)
                 c0 = clock()
                 preprocess += c0 - c1
+        except Exception as exc:
+            # Input the model cannot take (a degenerate picture, …): end this stream with one clear
+            # line and a failed exit, never a thread traceback and a run that "succeeded" with 0 maps.
+            message = redact(f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self._source_errors.append(f"stream {sid}: {message}")
+            log.error("stream %s: stopped: %s", sid, message)
+            log.debug("stream %s: reader failure", sid, exc_info=True)
         finally:
             self.cpu.add("decode", decode)          # reading and decoding the source (PyAV, camera, …)
             self.cpu.add("preprocess", preprocess)  # frame resize/normalise and log-mel slices, on arrival

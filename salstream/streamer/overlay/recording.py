@@ -1,11 +1,14 @@
 """Recording the overlay: an H.264 file of a stream's frames with their heatmaps (+ source audio).
 
 :class:`OverlayRecorder` writes an MP4 through PyAV: one video frame per source frame at
-its media PTS and, when given, the source audio as AAC on the same clock. ``close()``
-finalises the file (trailer written) and is safe to call twice and from a signal-driven
-shutdown. Until then it is written under a hidden ``.NAME.partial`` name beside the
-target, so the target path never holds a half-written file; a recording without frames
-is removed instead of being finalised.
+its media PTS and, when given, the source audio as AAC on the same clock. MP4/MOV files
+are fragmented (a fragment per second, the index up front): they play while they are being
+written and whatever was written before a kill (SIGKILL, power loss) stays playable, so
+the file is written in place, never as a hidden partial. ``close()`` finalises it and is
+safe to call twice and from a signal-driven shutdown; a recording without frames is
+removed. A write that fails (full disk, file system gone) raises :class:`RecordingError`
+naming ``--record``; what was written before stays if it plays, else it is removed.
+:func:`check_record_target` refuses an unusable path before a run starts.
 
 :class:`OverlayRecording` is the pipeline consumer around it: every frame of one stream
 with the newest map at or before it (sample and hold: a frame whose window was dropped
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import av
 import cv2
@@ -32,6 +36,56 @@ log = logging.getLogger("salstream.overlay")
 
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 RECORD_SUFFIXES = tuple(_FORMATS)
+# Fragmented MP4: the moov box first (empty) and a self-contained fragment per keyframe.
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+MIN_FREE_BYTES = 16 << 20     # refuse to start a recording with less room than this
+
+
+class RecordingError(SalstreamError):
+    """The overlay could not be written (the message names ``--record`` and the cause)."""
+
+
+def check_record_target(path: str | Path, sources: Sequence[str] = (), option: str = "--record") -> Path:
+    """Refuse, before anything runs, a recording path that cannot work or would destroy an input.
+
+    Checks the suffix, that the path is not a folder, that its folder can be created and
+    written, that it has room, and that it is not one of ``sources`` (the overlay would
+    replace the very file being read)."""
+    p = Path(path)
+    if p.suffix.lower() not in _FORMATS:
+        raise SalstreamError(f"{option} {path}: use a .mp4 (or .mkv/.mov) file name")
+    if p.is_dir():
+        raise SalstreamError(f"{option} {path}: is a folder; give a file name such as {p / 'overlay.mp4'}")
+    target = p.resolve()
+    for spec in sources:
+        if "://" in str(spec) or str(spec).startswith(("webcam:", "synthetic")):
+            continue
+        src = Path(spec)
+        if src.resolve() == target or (src.exists() and p.exists() and os.path.samefile(src, p)):
+            raise SalstreamError(f"{option} {path} is the --source being read; recording there would replace "
+                                 "the input: give another file name")
+    folder = target.parent
+    existing = next(d for d in (folder, *folder.parents) if d.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SalstreamError(f"{option} {path}: cannot write in {existing} (permission denied or not a folder); "
+                             "record into a folder you can write")
+    if folder.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".salstream-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise SalstreamError(f"{option} {path}: cannot create files in {folder} ({exc.strerror or exc}); "
+                                 "record into a folder you can write") from None
+    try:
+        st = os.statvfs(existing)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        raise SalstreamError(f"{option} {path}: only {free // 1024} KiB free on its file system; free some space "
+                             f"(a recording needs at least {MIN_FREE_BYTES >> 20} MiB) or record elsewhere")
+    return p
 
 
 class OverlayRecorder:
@@ -51,17 +105,19 @@ class OverlayRecorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SalstreamError(f"--record {path}: cannot create its folder ({exc})") from None
-        self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self._tb = Fraction(round(self.fps * 1000), 1000).limit_denominator(100000)
         self.max_side = int(max_side)
         self._opts = {"preset": preset, "crf": str(crf), "threads": str(int(threads))}   # threads 0: x264 picks
         self._audio_rate = audio_rate
         self._lock = threading.Lock()
+        fmt = _FORMATS[self.path.suffix.lower()]
         try:
-            self._container = av.open(str(self.partial), "w", format=_FORMATS[self.path.suffix.lower()])
+            self._container = av.open(str(self.path), "w", format=fmt,
+                                      options=_FRAGMENTED if fmt in ("mp4", "mov") else {})
         except (OSError, av.error.FFmpegError) as exc:
             raise SalstreamError(f"--record {path}: cannot create the file ({exc})") from None
+        self.error: Optional[str] = None
         self._video = None
         self._audio = None
         if audio_rate:
@@ -80,6 +136,8 @@ class OverlayRecorder:
         ow, oh = max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)
         self._video = self._container.add_stream("libx264", rate=self._tb, options=self._opts)
         self._video.width, self._video.height, self._video.pix_fmt = ow, oh, "yuv420p"
+        # A keyframe (so a fragment) every second: a kill loses at most the last second.
+        self._video.codec_context.gop_size = max(1, round(self.fps))
         self._size = (oh, ow)
         held, self._held = self._held, []
         self._mux(held)
@@ -89,6 +147,8 @@ class OverlayRecorder:
         with self._lock:
             if self.closed:
                 return False
+            if self.error is not None:
+                raise RecordingError(self.error)
             if self._video is None:
                 self._open_video(*overlay_rgb.shape[:2])
             tick = int(round(pts * float(self._tb)))
@@ -99,7 +159,11 @@ class OverlayRecorder:
                 img = cv2.resize(img, (self._size[1], self._size[0]), interpolation=cv2.INTER_AREA)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts, frame.time_base = tick, 1 / self._tb
-            self._mux(self._video.encode(frame))
+            try:
+                packets = self._video.encode(frame)
+            except (OSError, av.error.FFmpegError) as exc:
+                self._fail(exc)
+            self._mux(packets)
             self._last_pts = tick
             self.frames += 1
             return True
@@ -109,7 +173,7 @@ class OverlayRecorder:
         if self._audio is None:
             return
         with self._lock:
-            if self.closed:
+            if self.closed or self.error is not None:
                 return
             x = np.asarray(samples, np.float32).reshape(1, -1)
             if self._audio_next is not None and sample_index < self._audio_next:   # overlap: keep new part
@@ -129,37 +193,54 @@ class OverlayRecorder:
             self.audio_samples += x.shape[1]
 
     def _mux(self, packets) -> None:
-        for p in packets:
-            self._container.mux(p)
+        try:
+            for p in packets:
+                self._container.mux(p)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A write failed: stop recording and raise one error that names --record and the cause."""
+        cause = getattr(exc, "strerror", None) or str(exc)
+        if self.error is None:
+            self.error = f"--record {self.path}: writing failed after {self.frames} frames ({cause})"
+        raise RecordingError(self.error) from None
 
     def close(self, discard: bool = False) -> None:
-        """Flush the encoders, write the trailer and move the file into place; idempotent.
+        """Flush the encoders and finish the file; idempotent.
 
-        Without any frame, or with ``discard``, nothing is left behind (no file, no partial one).
-        """
+        Without any frame, or with ``discard``, nothing is left behind. After a failed
+        write (or a failing finish) raises :class:`RecordingError`; the file stays only if
+        what was written before plays."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-            done = False
             try:
-                if self._video is not None:
+                if self.error is None and self._video is not None:
                     self._mux(self._video.encode(None))
-                if self._audio is not None and self.audio_samples and self._video is not None:
+                if self.error is None and self._audio is not None and self.audio_samples and self._video is not None:
                     self._mux(self._held + list(self._audio.encode(None)))
-                done = True
-            finally:
-                try:
-                    self._container.close()
-                except (OSError, av.error.FFmpegError):
-                    done = False
-                if done and self.frames and not discard:
-                    os.replace(self.partial, self.path)
-                else:
-                    self.partial.unlink(missing_ok=True)
+            except RecordingError:
+                pass
+            except (OSError, av.error.FFmpegError) as exc:
+                self.error = self.error or f"--record {self.path}: finishing the file failed ({exc})"
+            try:
+                self._container.close()
+            except (OSError, av.error.FFmpegError) as exc:
+                self.error = self.error or (f"--record {self.path}: finishing the file failed "
+                                            f"({getattr(exc, 'strerror', None) or exc})")
             if discard:
+                self.path.unlink(missing_ok=True)
                 log.info("%s: recording discarded", self.path)
+            elif self.error is not None:
+                kept = bool(self.frames) and _plays(self.path)
+                if not kept:
+                    self.path.unlink(missing_ok=True)
+                raise RecordingError(self.error + ("; what was written before is kept in the file (it plays)" if kept
+                                                   else "; the incomplete file was removed"))
             elif not self.frames:
+                self.path.unlink(missing_ok=True)
                 log.warning("%s: no frames were recorded, so no file was written", self.path)
 
     def __enter__(self) -> "OverlayRecorder":
@@ -167,6 +248,15 @@ class OverlayRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _plays(path: Path) -> bool:
+    """Does the file open and decode at least one video frame?"""
+    try:
+        with av.open(str(path)) as c:
+            return next(c.decode(video=0), None) is not None
+    except (OSError, av.error.FFmpegError, IndexError, StopIteration):
+        return False
 
 
 class OverlayRecording(PairedConsumer):
@@ -198,14 +288,21 @@ class OverlayRecording(PairedConsumer):
         super().start(sources, publisher)
 
     def write(self, frame, saliency: Optional[np.ndarray]) -> None:
+        if self.recorder.error is not None:
+            return                     # reported once, raised again by close(): the run ends non-zero
         try:
             image = frame.image if saliency is None else blend(frame.image, saliency, self.alpha)
             self.recorder.add_frame(image, frame.pts)
+        except RecordingError as exc:  # the maps go on; the run reports the lost recording at its end
+            log.error("%s; the recording stops, the maps go on", exc)
         except Exception:  # a recording problem must not stop the maps
             log.exception("overlay recording failed")
 
     def write_audio(self, chunk) -> None:
-        self.recorder.add_audio(chunk.samples, chunk.sample_index)
+        try:
+            self.recorder.add_audio(chunk.samples, chunk.sample_index)
+        except RecordingError as exc:
+            log.error("%s; the recording stops, the maps go on", exc)
 
     def finish(self, failed: bool) -> None:
         # A run that failed before any map reached the recording leaves no file behind.
@@ -217,6 +314,8 @@ class OverlayRecording(PairedConsumer):
         return self.recorder.frames if self.recorder is not None else 0
 
     def summary(self) -> list[str]:
+        if self.recorder is not None and self.recorder.error is not None:
+            return [f"overlay: FAILED ({self.recorder.error})"]
         if self.frames:
             return [f"overlay: {self.path} ({self.frames} frames"
                     + (f", {self.dropped} skipped" if self.dropped else "") + ")"]

@@ -60,7 +60,8 @@ class MapBridge:
         self._thread: Optional[threading.Thread] = None
         self.maps = 0
         self.missed = 0
-        self.bad_messages = 0
+        self.bad_messages = 0     # skipped: failed the wire checks, or could not be shown
+        self.own_errors = 0
         self.last_map_time: Optional[float] = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -80,14 +81,20 @@ class MapBridge:
         with Subscriber(self.address, kinds={wire.MAP, wire.FRAME}) as sub:
             while not self._stop.is_set():
                 msg = sub.recv(timeout=0.2)
-                self.missed, self.bad_messages = sub.missed, sub.bad_messages
-                if isinstance(msg, FrameMessage):
-                    with self._lock:
-                        self._frames[msg.stream] = msg
-                elif isinstance(msg, MapMessage):
-                    self._add_map(msg)
-                    if self.on_change is not None:
-                        self.on_change(msg.stream)
+                self.missed = sub.missed
+                try:
+                    if isinstance(msg, FrameMessage):
+                        with self._lock:
+                            self._frames[msg.stream] = msg
+                    elif isinstance(msg, MapMessage):
+                        self._add_map(msg)
+                        if self.on_change is not None:
+                            self.on_change(msg.stream)
+                except Exception:      # one message the viewer cannot show must not end the viewer
+                    self.own_errors += 1
+                    log.exception("stream %s: skipped a message the viewer could not use",
+                                  getattr(msg, "stream", "?"))
+                self.bad_messages = sub.bad_messages + self.own_errors
 
     def _add_map(self, msg: MapMessage) -> None:
         h = msg.header

@@ -7,7 +7,8 @@ Every message is three ZeroMQ frames (one multipart message)::
 ``topic``
     UTF-8. A map's topic is its stream id exactly (``b"0"``); stream ids never contain
     ``/``, which is reserved for side channels of a stream on the same socket,
-    ``<kind>/<stream id>``: ``frame/`` (JPEG previews) and ``roi/`` (encoder regions).
+    ``<kind>/<stream id>``: ``frame/`` (JPEG previews), ``roi/`` (encoder regions) and
+    ``status/`` (heartbeats: ``live``/``reconnecting``/``ended``, empty payload).
     Clients skip side channels they do not know. ZeroMQ subscriptions match by prefix,
     so a subscriber compares the topic exactly after receiving.
 ``header``
@@ -44,13 +45,18 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 4096                       # largest map / ROI grid side a client accepts
 MAX_PREVIEW_SIDE = 4096               # largest JPEG preview side a client decodes
 MAX_STREAM_ID_BYTES = 255
+MAX_DEPTH = 16                        # deepest nesting of objects/arrays a header may use
+MAX_NUMBER = 1e15                     # largest magnitude of a number field a client accepts
 PAYLOAD_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 # The largest single message part this format allows (a MAX_SIDE² float32 map).
 MAX_MESSAGE_PART_BYTES = MAX_SIDE * MAX_SIDE * 4
 
-MAP, FRAME, ROI = "map", "frame", "roi"
-KINDS = (MAP, FRAME, ROI)
-SIDE_CHANNELS = (FRAME, ROI)          # kinds published under "<kind>/<stream id>"
+MAP, FRAME, ROI, STATUS = "map", "frame", "roi", "status"
+KINDS = (MAP, FRAME, ROI, STATUS)
+SIDE_CHANNELS = (FRAME, ROI, STATUS)  # kinds published under "<kind>/<stream id>"
+# status/<stream>: a heartbeat (about once a second, and at once on a change) saying whether
+# the stream is "live", "reconnecting" (its source is down) or "ended".
+STATES = ("live", "reconnecting", "ended")
 MODES = ("av", "video", "audio")
 # Per-stage latency keys (ms), in pipeline order; "denoise" is a list, one entry per step.
 LATENCY_STAGES = ("assemble", "wait", "video_encoder", "audio_encoder", "denoise", "postprocess", "publish")
@@ -120,7 +126,7 @@ def _num(h: Mapping, key: str, kind: str, default: Any = ..., allow_none: bool =
         raise WireError(f"{kind} header lacks {key!r}")
     if v is None and allow_none:
         return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or abs(v) > 1e15:
+    if not _finite(v):
         raise _fail(kind, key, v, "a finite number")
     return float(v)
 
@@ -162,7 +168,24 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         raise WireError(f"unreadable header ({str(exc)[:80]})") from None
     if not isinstance(header, dict):
         raise WireError("header is not a JSON object")
+    if _depth(header) > MAX_DEPTH:
+        raise WireError(f"header nests objects/arrays deeper than {MAX_DEPTH} levels")
     return header
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON containers nest in ``value`` (iterative: a hostile header cannot recurse us)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                return d
+            todo.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
 
 
 def dump_header(header: Mapping[str, Any]) -> bytes:
@@ -320,7 +343,8 @@ def _latency(v: Any) -> dict[str, LatencyValue]:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # The size test comes first: math.isfinite overflows on a JSON integer of 400 digits.
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= MAX_NUMBER and math.isfinite(x)
 
 
 def _flags(v: Any) -> dict[str, Union[bool, int]]:
@@ -385,6 +409,16 @@ def encode_frame(header: Mapping[str, Any], jpeg: bytes) -> list[bytes]:
     return [frame_topic(header["stream"]), dump_header(header), jpeg]
 
 
+def encode_status(stream_id: str, state: str, *, last_pts: Optional[float], frame_age_s: Optional[float],
+                  reconnects: int, sent: float, sent_wall: float) -> list[bytes]:
+    """``status/<stream>``: the heartbeat header, empty payload."""
+    if state not in STATES:
+        raise ValueError(f"status {state!r}: one of {', '.join(STATES)}")
+    h = {"version": FORMAT_VERSION, "kind": STATUS, "stream": stream_id, "state": state, "last_pts": last_pts,
+         "frame_age_s": frame_age_s, "reconnects": int(reconnects), "publish_time": sent, "publish_wall": sent_wall}
+    return [topic(STATUS, stream_id), dump_header(h), b""]
+
+
 def encode_roi(header: Mapping[str, Any], offsets: np.ndarray, block_size: int, frame_size: tuple[int, int],
                regions: list[list[int]], qp_range: int) -> list[bytes]:
     """``roi/<stream>``: header fields as for maps plus the block grid and its regions of interest."""
@@ -439,13 +473,11 @@ class FrameMessage:
         """RGB uint8. The JPEG's own dimensions are read first: a picture larger than
         ``max_side`` (or not a JPEG) is refused before any pixel buffer is allocated."""
         import cv2
-        size = jpeg_size(self.jpeg)
-        if size is None:
-            raise WireError(f"stream {self.stream}: frame {self.frame_index} is not a JPEG")
-        if max(size) > max_side or min(size) < 1:
-            raise WireError(f"stream {self.stream}: frame {self.frame_index} claims {size[1]}×{size[0]} pixels; "
-                            f"previews are at most {max_side} per side")
-        bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        check_preview(self.stream, self.frame_index, self.jpeg, max_side)
+        try:
+            bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            bgr = None
         if bgr is None:
             raise WireError(f"stream {self.stream}: frame {self.frame_index} is not a decodable JPEG")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -467,7 +499,23 @@ class RoiMessage:
         return int(self.header["frame_index"])
 
 
-Message = Union[MapMessage, FrameMessage, RoiMessage]
+@dataclass
+class StatusMessage:
+    """A stream's heartbeat: ``state`` is ``live``, ``reconnecting`` or ``ended``.
+
+    ``last_pts``: media time of the newest frame read (None before the first);
+    ``frame_age_s``: seconds since that frame arrived (a stalled or idle source shows here);
+    ``reconnects``: outages so far."""
+    stream: str
+    header: dict[str, Any]
+    state: str
+    last_pts: Optional[float]
+    frame_age_s: Optional[float]
+    reconnects: int
+    kind = STATUS
+
+
+Message = Union[MapMessage, FrameMessage, RoiMessage, StatusMessage]
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -519,6 +567,8 @@ def decode(parts: list[bytes]) -> Message:
         return _decode_frame(stream, header, payload)
     if kind == ROI:
         return _decode_roi(stream, header, payload)
+    if kind == STATUS:
+        return _decode_status(stream, header, payload)
     raise WireError(f"unknown message kind {kind!r}")
 
 
@@ -542,7 +592,35 @@ def _decode_frame(stream: str, header: dict, payload: bytes) -> FrameMessage:
     _num(header, "capture_time", "frame")
     if header.get("encoding", "jpeg") != "jpeg":
         raise _fail("frame", "encoding", header.get("encoding"), "'jpeg'")
+    # Checked here, not only in image(): clients that pass previews on undecoded (the browser
+    # viewer) must not hand a decompression bomb to the next decoder either.
+    check_preview(stream, header["frame_index"], payload)
     return FrameMessage(stream, header, payload)
+
+
+def check_preview(stream: str, frame_index: int, jpeg: bytes, max_side: int = MAX_PREVIEW_SIDE) -> tuple[int, int]:
+    """``(height, width)`` the JPEG's own header claims, or :class:`WireError` when that is
+    missing, zero or larger than ``max_side`` (read before any pixel buffer is allocated)."""
+    size = jpeg_size(jpeg)
+    if size is None:
+        raise WireError(f"stream {stream}: frame {frame_index} is not a JPEG")
+    if max(size) > max_side or min(size) < 1:
+        raise WireError(f"stream {stream}: frame {frame_index} claims {size[1]}×{size[0]} pixels; "
+                        f"previews are at most {max_side} per side")
+    return size
+
+
+def _decode_status(stream: str, h: dict, payload: bytes) -> StatusMessage:
+    k = "status"
+    state = _str(h, "state", k, max_len=32)
+    if state not in STATES:
+        raise _fail(k, "state", state, f"one of {', '.join(STATES)}")
+    if payload:
+        raise WireError(f"status payload is {len(payload)} bytes; expected none")
+    _num(h, "publish_time", k)
+    return StatusMessage(stream, h, state, _num(h, "last_pts", k, default=None, allow_none=True),
+                         _num(h, "frame_age_s", k, default=None, allow_none=True),
+                         _int(h, "reconnects", k, default=0))
 
 
 def _decode_roi(stream: str, h: dict, payload: bytes) -> RoiMessage:

@@ -20,6 +20,7 @@ import numpy as np
 import zmq
 
 from salstream.errors import SalstreamError
+from salstream.redact import redact_value
 from salstream.streamer.wire import format as wire
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"
@@ -163,6 +164,8 @@ class Publisher:
         """
         t0 = time.monotonic() if started is None else started
         header = wire.MapHeader.of(header)
+        if header.gaps:   # gap reasons quote the source's errors, and every subscriber reads them
+            header = header.replace(gaps=redact_value(header.gaps))
         # Without a socket nothing is serialised: the stamped header is all the consumers need.
         payload = wire.encode_map_payload(saliency, self.payload_dtype) if self._sock is not None else b""
         with self._lock:
@@ -177,6 +180,16 @@ class Publisher:
             elif self._send(wire.pack_map(h, np.shape(saliency), payload)):
                 self.sent += 1
         return h
+
+    def send_status(self, stream_id: str, state: str, *, last_pts: Optional[float] = None,
+                    frame_age_s: Optional[float] = None, reconnects: int = 0) -> None:
+        """Send a ``status/<stream>`` heartbeat (``live``, ``reconnecting`` or ``ended``)."""
+        if self._sock is None:
+            return
+        parts = wire.encode_status(stream_id, state, last_pts=last_pts, frame_age_s=frame_age_s,
+                                   reconnects=reconnects, sent=time.monotonic(), sent_wall=time.time())
+        with self._lock:
+            self._send(parts)
 
     def send_frame(self, stream_id: str, frame_index: int, pts: float, capture_time: float,
                    image_rgb: np.ndarray) -> None:

@@ -18,26 +18,37 @@ from typing import Iterable, Iterator, Optional
 import zmq
 
 from salstream.streamer.wire import format as wire
-from salstream.streamer.wire.format import FrameMessage, MapMessage, Message, RoiMessage, WireError
+from salstream.streamer.wire.format import FrameMessage, MapMessage, Message, RoiMessage, StatusMessage, WireError
 
-__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "WireError"]
+__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "StatusMessage", "WireError"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20     # largest message part accepted by default
+DEFAULT_MAX_QUEUED_BYTES = 256 << 20    # most a slow client queues (hwm × largest part)
 
 
 class Subscriber:
     """SUB socket connected to a publisher.
 
     ``streams``: stream ids to receive (``None``: all). ``kinds``: message kinds to receive,
-    any of ``"map"``, ``"frame"`` (JPEG previews), ``"roi"`` (encoder regions); default
-    maps only, plus previews when ``frames=True``. ``hwm``: messages queued here before
+    any of ``"map"``, ``"frame"`` (JPEG previews), ``"roi"`` (encoder regions), ``"status"``
+    (heartbeats: live / reconnecting / ended); default maps only, plus previews when
+    ``frames=True``. ``hwm``: messages queued here before
     ZeroMQ drops. ``max_message_bytes``: ZeroMQ drops the connection of a peer that sends
-    a larger message part instead of buffering it (default: the largest part the wire
-    format allows), so a hostile or broken publisher cannot make this process allocate
-    without bound; sizes inside a message are checked by :func:`~salstream.streamer.wire.format.decode`.
+    a larger message part instead of buffering it (default 4 MiB: a 1024×1024 float32 map
+    or a large preview; raise it for bigger maps, up to the format's limit
+    :data:`~salstream.streamer.wire.format.MAX_MESSAGE_PART_BYTES`), so a hostile or broken
+    publisher cannot make this process allocate without bound. ``max_queued_bytes``: the
+    queue is cut to ``max_queued_bytes // max_message_bytes`` messages when ``hwm`` messages
+    of the largest size would exceed it, so a slow client never queues more than that
+    (default 256 MiB). Sizes inside a message are checked by
+    :func:`~salstream.streamer.wire.format.decode`.
     """
 
     def __init__(self, address: str, streams: Optional[Iterable[str]] = None, *, frames: bool = False,
                  kinds: Optional[Iterable[str]] = None, hwm: int = 64, context: Optional[zmq.Context] = None,
-                 max_message_bytes: int = wire.MAX_MESSAGE_PART_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES):
+        if not 0 < max_message_bytes <= wire.MAX_MESSAGE_PART_BYTES:
+            raise ValueError(f"max_message_bytes {max_message_bytes}: must be 1…{wire.MAX_MESSAGE_PART_BYTES}")
         self.address = address
         self.streams = None if streams is None else {str(s) for s in streams}
         self.kinds = set(kinds) if kinds is not None else ({wire.MAP, wire.FRAME} if frames else {wire.MAP})
@@ -46,7 +57,9 @@ class Subscriber:
             raise ValueError(f"unknown message kind(s) {sorted(unknown)}; choose from {', '.join(wire.KINDS)}")
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.RCVHWM, int(hwm))
+        # ZeroMQ's high-water mark counts whole messages: bound it so hwm × largest ≤ max_queued_bytes.
+        self.hwm = max(1, min(int(hwm), int(max_queued_bytes) // int(max_message_bytes)))
+        self._sock.setsockopt(zmq.RCVHWM, self.hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
         for prefix in self._prefixes():
@@ -96,6 +109,12 @@ class Subscriber:
             except WireError as exc:
                 self.bad_messages += 1
                 self.last_error = str(exc)
+                continue
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+                # decode() raises only WireError by design; should a check still miss a case,
+                # the message is skipped and counted all the same (a client never dies of one).
+                self.bad_messages += 1
+                self.last_error = f"undecodable message ({type(exc).__name__}: {str(exc)[:80]})"
                 continue
             if isinstance(msg, MapMessage):
                 self._count(msg)

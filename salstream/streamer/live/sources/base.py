@@ -28,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from salstream.redact import redact_value
 from salstream.streamer.live.units import AudioChunk, StreamEvent, Unit
 
 log = logging.getLogger("salstream.sources")
@@ -53,6 +54,7 @@ class Source(ABC):
         self._iterated = False
         self._released = False            # freed by close() before any iteration
         self._state = threading.Lock()
+        self.status = "live"               # or "reconnecting" while a network source is down
 
     # ------------------------------------------------------------------ public API
     def __iter__(self) -> Iterator[Unit]:
@@ -106,7 +108,8 @@ class Source(ABC):
         """Free devices/containers; called once when iteration stops for any reason."""
 
     def event(self, kind: str, pts: float | None = None, **detail: object) -> StreamEvent:
-        return StreamEvent(kind=kind, pts=pts, capture_time=time.monotonic(), detail=dict(detail),
+        # Events become log lines, run summaries and gap reasons on the wire: no credentials in them.
+        return StreamEvent(kind=kind, pts=pts, capture_time=time.monotonic(), detail=redact_value(dict(detail)),
                            stream_id=self.stream_id)
 
     def wait(self, seconds: float) -> bool:

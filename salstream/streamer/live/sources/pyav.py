@@ -19,11 +19,12 @@ import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
 from salstream.errors import SalstreamError
+from salstream.redact import redact
 from salstream.streamer.live.sources.base import AudioClock, Pacer, Source, Unit
 from salstream.streamer.live.units import VideoFrame
 
@@ -34,30 +35,25 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 # Errors PyAV/FFmpeg raise for unreadable input, refused connections and timeouts.
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError, EOFError)
 OPEN_RETRY_DELAY = 0.25  # s between attempts to open a network stream that is not ready yet
-
-
-def _redact(url: str) -> str:
-    """The URL without a password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
+MIN_SIDE = 16            # smallest picture side that makes a saliency map
+MAX_BAD_PACKETS = 300    # undecodable packets in a row before a source counts as unreadable
+MAX_STUCK_REOPENS = 3    # reopened network files that gave nothing new, in a row, before giving up
 
 
 class PyAVSource(Source):
     """A media file or a network stream read through PyAV (FFmpeg).
 
     ``open_timeout``/``read_timeout`` (s) bound how long opening and each read may block.
-    Live URLs reconnect up to ``reconnect_attempts`` times, waiting ``reconnect_delay``
-    doubling up to ``reconnect_max_delay`` between attempts (≈30 s of outage by default).
+    Network sources reconnect up to ``reconnect_attempts`` times (``None``: forever), waiting
+    ``reconnect_delay`` doubling up to ``reconnect_max_delay`` between attempts (≈100 s of
+    outage by default: a camera reboot). A live stream continues its media clock across the
+    outage; an HTTP file whose server went away is reopened where it stopped.
     ``live`` overrides the automatic choice (RTSP, or HTTP without a known duration).
+    ``status`` is ``"live"``, or ``"reconnecting"`` during an outage.
     """
 
     def __init__(self, url: str | Path, *, stream_id: str = "0", paced: bool = True, audio_rate: int = 16000,
-                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int = 120,
+                 open_timeout: float = 5.0, read_timeout: float = 5.0, reconnect_attempts: int | None = 400,
                  reconnect_delay: float = 0.1, reconnect_max_delay: float = 0.25, live: bool | None = None,
                  probe_seconds: float = 0.5):
         self.url = str(url)
@@ -65,39 +61,48 @@ class PyAVSource(Source):
         self.network = self.scheme in NETWORK_SCHEMES
         self.open_timeout = float(open_timeout)
         self.read_timeout = float(read_timeout)
-        self.reconnect_attempts = int(reconnect_attempts)
+        self.reconnect_attempts = None if reconnect_attempts is None else int(reconnect_attempts)
         self.reconnect_delay = float(reconnect_delay)
         self.reconnect_max_delay = float(reconnect_max_delay)
         self.probe_seconds = float(probe_seconds)
         self.reconnects = 0  # successful reconnections so far
+        self.skipped_packets = 0  # undecodable packets skipped (corrupt regions)
         container = self._open()
         video = container.streams.video[0] if container.streams.video else None
         if video is None:
             container.close()
-            raise SalstreamError(f"source {_redact(self.url)!r} has no video track; salstream needs video "
+            raise SalstreamError(f"source {redact(self.url)!r} has no video track; salstream needs video "
                                  "(give a file or stream with a picture)")
         if video.codec_context is None:   # demuxed fine, but this FFmpeg build has no decoder for it
             container.close()
-            raise SalstreamError(f"source {_redact(self.url)!r}: unsupported video codec (this FFmpeg build "
+            raise SalstreamError(f"source {redact(self.url)!r}: unsupported video codec (this FFmpeg build "
                                  "has no decoder for it); re-encode it to H.264, e.g. "
                                  "ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
+        width, height = video.codec_context.width or 0, video.codec_context.height or 0
+        if 0 < min(width, height) < MIN_SIDE:
+            container.close()
+            raise SalstreamError(f"source {redact(self.url)!r} is {width}×{height} pixels; salstream needs at least "
+                                 f"{MIN_SIDE}×{MIN_SIDE} (a real picture) — give a larger video")
         fps = native_fps(video.average_rate or video.guessed_rate or video.base_rate)
         has_audio = _audio_stream(container) is not None
         if container.streams.audio and not has_audio:
-            log.warning("source %s: its audio codec has no decoder here; running video-only", _redact(self.url))
+            log.warning("source %s: its audio codec has no decoder here; running video-only", redact(self.url))
         if live is None:
             live = self.scheme in ("rtsp", "rtsps") or (self.network and container.duration is None)
         self.live = bool(live)
         self.paced = bool(paced) and not self.live
         kind = "live stream" if self.live else "file"
         super().__init__(stream_id, fps=fps, has_audio=has_audio, sample_rate=audio_rate,
-                         description=f"{kind} {_redact(self.url)}")
+                         description=f"{kind} {redact(self.url)}")
         self._container: av.container.InputContainer | None = container
         self.audio_clock = AudioClock(self, audio_rate)
         self._last_pts: float | None = None
         self._frame_index = 0     # frames emitted (VideoFrame.index)
         self._decoded_video = 0   # frames decoded (paced files emit them a little later)
         self._last_capture: float | None = None  # capture_time of the last frame emitted
+        self._resume_after: float | None = None  # HTTP file reopened: skip what was already emitted
+        self._stuck_reopens = 0
+        self._duration = container.duration / 1e6 if container.duration else None
 
     # ------------------------------------------------------------------ opening
     def _options(self) -> dict[str, str]:
@@ -133,11 +138,11 @@ class PyAVSource(Source):
                         raise
                     time.sleep(OPEN_RETRY_DELAY)
         except _AV_ERRORS as exc:
-            where = _redact(self.url)
+            where = redact(self.url)
             if self.network:
-                raise SalstreamError(f"cannot open stream {where!r}: {exc}; check the URL and that the server "
+                raise SalstreamError(f"cannot open stream {where!r}: {redact(exc)}; check the URL and that the server "
                                      f"is up (waited up to {self.open_timeout:g} s)") from exc
-            raise SalstreamError(f"cannot read {where!r} as a media file: {exc}; give a video file "
+            raise SalstreamError(f"cannot read {where!r} as a media file: {redact(exc)}; give a video file "
                                  "FFmpeg can decode (e.g. MP4 with H.264)") from exc
 
     # ------------------------------------------------------------------ iteration
@@ -152,57 +157,91 @@ class PyAVSource(Source):
                                  reason="reconnected stream has an audio track" if session_audio
                                  else "reconnected stream has no audio track")
                 had_audio = session_audio
-            reason = "stream ended"
+            reason, failed = "stream ended", False
             try:
                 if self.paced:
                     yield from self._paced(container, offset)
                 else:
                     yield from self._session(container, offset)
             except _AV_ERRORS as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                if not self.live:
-                    yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {exc}")
+                reason, failed = redact(f"{type(exc).__name__}: {exc}"), True
             finally:
                 container.close()
                 self._container = container = None
-            if not self.live or self.closed:
+            if self.closed:
                 return
-            # A live stream that stops is a disconnect: report it, then reconnect.
+            # A reopened file that gave nothing new ends here (a track shorter than the container
+            # says, or damage at that spot): reopening it again would loop.
+            stuck = self._resume_after is not None and self._last_pts == self._resume_after
+            self._stuck_reopens = self._stuck_reopens + 1 if stuck else 0
+            stuck = self._stuck_reopens > MAX_STUCK_REOPENS
+            if not self.live and not failed and self.network and self._ended_early() and not stuck:
+                reason, failed = (f"the server closed the file at {self._last_pts:.1f} s of "
+                                  f"{self._duration:.1f} s"), True
+            if not self.live:
+                if not failed:
+                    return
+                if not self.network or stuck:
+                    yield self.event("error", self._last_pts, message=f"{self.description}: read failed: {reason}")
+                    return
+            # A live stream that stops, or an HTTP file whose server went away: report, reconnect.
             log.warning("%s: disconnected (%s); reconnecting", self.description, reason)
             yield self.event("gap", self._last_pts, from_pts=self._last_pts, reason=reason)
             container = self._reconnect()
             if container is None:
                 if not self.closed:
+                    tries = "forever" if self.reconnect_attempts is None else f"after {self.reconnect_attempts} attempts"
                     yield self.event("error", self._last_pts,
-                                     message=f"{self.description}: could not reconnect after "
-                                             f"{self.reconnect_attempts} attempts; giving up")
+                                     message=f"{self.description}: could not reconnect {tries}; giving up")
                 return
             self._container = container
             self.reconnects += 1
+            self.audio_clock.restart()
+            if not self.live:
+                # The same file again: continue from the last frame sent, on the file's own clock.
+                self._resume_after = self._last_pts
+                if self._last_pts is not None:
+                    try:
+                        start = (container.start_time or 0) / 1e6
+                        container.seek(int((self._last_pts + start) * 1e6), backward=True)
+                    except _AV_ERRORS as exc:
+                        log.info("%s: cannot seek after reconnecting (%s); skipping to the position", self.description, exc)
+                continue
             # The new session's clock restarts; continue ours by the wall time since the last frame.
             last = self._last_pts if self._last_pts is not None else 0.0
             since = time.monotonic() - (self._last_capture if self._last_capture is not None else time.monotonic())
             offset = last + max(1.0 / self.fps, since)
-            self.audio_clock.restart()
+
+    def _ended_early(self) -> bool:
+        """A file read over the network that stopped well before its known duration (a server
+        restart can look like a clean end of file to the demuxer)."""
+        if self._duration is None or self._last_pts is None:
+            return False
+        return self._last_pts < self._duration - 3.0 / self.fps
 
     def _reconnect(self) -> av.container.InputContainer | None:
-        delay = self.reconnect_delay
-        for attempt in range(1, self.reconnect_attempts + 1):
-            if self.wait(delay):
-                return None
-            try:
-                container = self._open()
-            except SalstreamError as exc:
-                log.info("%s: reconnect attempt %d/%d failed: %s", self.description, attempt,
-                         self.reconnect_attempts, exc)
-                delay = min(self.reconnect_max_delay, delay * 2)
-                continue
-            if not container.streams.video:
-                container.close()
-                continue
-            log.warning("%s: reconnected (attempt %d)", self.description, attempt)
-            return container
-        return None
+        delay = min(self.reconnect_delay, self.reconnect_max_delay)
+        limit = self.reconnect_attempts
+        of = "∞" if limit is None else str(limit)
+        self.status = "reconnecting"
+        try:
+            for attempt in (itertools.count(1) if limit is None else range(1, limit + 1)):
+                if self.wait(delay):
+                    return None
+                try:
+                    container = self._open()
+                except SalstreamError as exc:
+                    log.info("%s: reconnect attempt %d/%s failed: %s", self.description, attempt, of, exc)
+                    delay = min(self.reconnect_max_delay, delay * 2)
+                    continue
+                if not container.streams.video:
+                    container.close()
+                    continue
+                log.warning("%s: reconnected (attempt %d)", self.description, attempt)
+                return container
+            return None
+        finally:
+            self.status = "live"
 
     def _decoded(self, container: av.container.InputContainer, offset: float) -> Iterator[tuple[float, object]]:
         """(pts, unit-without-capture-time) in decode order for one session."""
@@ -216,16 +255,28 @@ class PyAVSource(Source):
             origin = container.start_time / 1e6
         first_frame = self._decoded_video  # frames decoded before this session
         streams = [video] + ([audio] if audio is not None else [])
+        bad_in_a_row = 0
         for packet in container.demux(streams):
             if self.closed:
                 return
             try:
                 frames = packet.decode()
-            except av.error.InvalidDataError as exc:  # one corrupt packet: skip it, keep going
+                bad_in_a_row = 0
+            except _AV_ERRORS as exc:
+                # A corrupt region: the decoder fails on its packets (FFmpeg reports it as any error
+                # code, EPERM included). Skip them as FFmpeg's own tools do; give up only when
+                # nothing decodes any more.
+                bad_in_a_row += 1
+                self.skipped_packets += 1
+                if bad_in_a_row > MAX_BAD_PACKETS:
+                    raise
                 log.debug("%s: skipped undecodable packet: %s", self.description, exc)
                 continue
             for frame in frames:
                 t = frame.time
+                skip = self._resume_after
+                if skip is not None and t is not None and origin is not None and t - origin + offset <= skip:
+                    continue                   # sent before the server went away
                 if origin is None and t is not None:
                     # Frames already emitted without timestamps keep their place before this one.
                     origin = t - (self._decoded_video - first_frame) / self.fps if packet.stream is video else t
