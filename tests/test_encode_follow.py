@@ -155,6 +155,14 @@ def test_encode_connect_follows_a_live_run_with_roi(small_checkpoint, tmp_path):
         assert rc == 0
         assert proc.poll() is None, "the run ended before the encoder finished: not a live follow"
         summary = json.loads(buf.getvalue())
+        # The other guide: the run's maps, turned into offsets by this encoder.
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            rc = cli_main(["encode", "--connect", address, "--out", str(tmp_path / "maps.mkv"), "--bitrate", "150k",
+                           "--frames", "5", "--guide", "maps", "--json"])
+        assert rc == 0 and proc.poll() is None
+        by_maps = json.loads(buf.getvalue())
+        assert by_maps["frames"] == by_maps["guided_frames"] == 5 and by_maps["guidance_received"] >= 1
     finally:
         stop.set()
         listener.join(5)

@@ -69,8 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_roi_options(p)
     follow = p.add_argument_group("with --connect")
     follow.add_argument("--guide", choices=("roi", "maps"), default="roi",
-                        help="roi (default): apply the run's roi/<stream> offsets as they are (the ROI options "
-                             "above are the run's, --roi-…); maps: make the offsets here from its maps")
+                        help="roi (default): apply the offsets the run publishes on roi/<stream> as they are "
+                             "(set them there: run --roi-salient-qp …; the ROI options here are then unused); "
+                             "maps: make the offsets here from the run's maps, with the ROI options above")
     follow.add_argument("--stream", default="0", help="stream id to follow (default %(default)s)")
     follow.add_argument("--fps", type=float, default=30.0,
                         help="frame rate for rate control (timestamps come from the run; default %(default)s)")

@@ -1,11 +1,11 @@
-"""Saliency-guided H.264: libx264 through PyAV with per-frame regions of interest.
+"""Saliency-guided H.264 (libx264; HEVC with libx265) through PyAV with per-frame regions of interest.
 
 PyAV has no call that attaches side data to a frame, so every frame goes through a
 small filter graph ``buffer → addroi × capacity → buffersink``: each ``addroi``
 appends one placeholder ``AVRegionOfInterest``, and we then overwrite the whole
 array in place with this frame's regions (:func:`salstream.streamer.guidance.roi.regions_to_struct`;
-unused slots become empty rectangles). libx264 reads the array and adds each
-region's offset to its macroblocks' quantiser. libx264 ignores regions when
+unused slots become empty rectangles). libx264 (and libx265, per 16×16 block) reads the
+array and adds each region's offset to its macroblocks' quantiser. libx264 ignores regions when
 adaptive quantisation is off (``preset=ultrafast`` turns it off), so both the
 baseline and the guided encoder run with ``aq-mode=1``: the only difference between
 them is the regions.
