@@ -181,9 +181,22 @@ def test_encode_connect_follows_a_live_run_with_roi(small_checkpoint, tmp_path):
         s.codec_context.options = {"export_side_data": "venc_params"}
         frames = list(c.decode(s))
     assert len(frames) == 15
-    # The intra frame's quantisers follow the offsets the run published for that very frame.
+    # x264 moved each block's quantiser by the offset the run published for that frame: the first (intra)
+    # frame against the same 15 pictures encoded with the same settings and no offsets, block by block.
     index = int(round(frames[0].time * 30))
     assert index in rois, (index, sorted(rois)[:5])
-    qp = frames[0].side_data.get(SideDataType.VIDEO_ENC_PARAMS).qp_map().astype(float)
-    corr = np.corrcoef(qp.ravel(), rois[index].offsets.ravel())[0, 1]
-    assert corr > 0.8, corr
+    sent = rois[index].offsets
+    with GuidedEncoder(tmp_path / "plain.mp4", 384, 224, 30, EncodeSettings(bitrate=150_000), guided=False) as enc:
+        for f in frames:
+            enc.write(f.to_ndarray(format="rgb24"), pts=f.time)
+    with av.open(str(tmp_path / "plain.mp4")) as c:
+        s = c.streams.video[0]
+        s.codec_context.options = {"export_side_data": "venc_params"}
+        plain = next(iter(c.decode(s))).side_data.get(SideDataType.VIDEO_ENC_PARAMS).qp_map().astype(float)
+    moved = frames[0].side_data.get(SideDataType.VIDEO_ENC_PARAMS).qp_map().astype(float) - plain
+    # The untrained test model's maps are flat (offsets span ~4 QP) and x264 rounds to whole QPs, so compare
+    # quarters: the blocks sent the finest offsets moved down against those sent the coarsest, about as far.
+    lo, hi = sent <= np.percentile(sent, 25), sent >= np.percentile(sent, 75)
+    want = sent[hi].mean() - sent[lo].mean()
+    assert want > 1.0
+    assert moved[hi].mean() - moved[lo].mean() > 0.5 * want, (moved[hi].mean(), moved[lo].mean(), want)
