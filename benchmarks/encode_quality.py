@@ -12,8 +12,11 @@ maps** (the live pipeline's lite profile, a map per frame); the ground truth onl
 * BD-rate (Bjøntegaard, PCHIP; ``salstream.streamer.guidance.quality.bd_rate``) of guided
   vs plain on EW-PSNR, and the full-frame BD-PSNR (mean PSNR change at equal rate).
 
-A sweep of the guidance strength (the default QP offsets −10/+6 scaled by a factor) and
-of the temporal smoothing (time constant) over the same clips justifies the defaults.
+Two controls (libx264) show the metric tells good maps from bad ones: the same encoder
+guided by a fixed centre prior (no model) and by the ground truth itself (the most a
+perfect map could give). A sweep of the guidance strength (the default QP offsets −10/+6
+scaled by a factor) and of the temporal smoothing (time constant) over the same clips
+justifies the defaults.
 Writes ``encode_quality.json``, an RD plot per clip (``rd_<clip>.png``) and ``sweep.png``
 to ``--out-dir``.
 
@@ -97,14 +100,17 @@ def load_clip(k: int, frames: int, engine: str, checkpoint: Optional[str], cache
                 {"seed": seed, "frames": frames, "size": [clip.width, clip.height], "fps": clip.fps, **info})
 
 
-def rd_points(clip: Clip, settings_list: list[EncodeSettings], roi: Optional[RoiConfig], work: Path) -> list[dict]:
-    """One encode per settings (guided when ``roi`` is given), scored against the ground truth."""
+def rd_points(clip: Clip, settings_list: list[EncodeSettings], roi: Optional[RoiConfig], work: Path,
+              maps: Optional[list[np.ndarray]] = None) -> list[dict]:
+    """One encode per settings (guided by ``maps``, default the model's, when ``roi`` is given), scored
+    against the ground truth."""
     h, w = clip.images[0].shape[:2]
+    maps = clip.maps if maps is None else maps
     out = []
     for s in settings_list:
         path = work / f"{clip.name}-{s.codec}.mp4"
         t0 = time.perf_counter()
-        encode_clip(path, zip(clip.images, clip.maps), w, h, clip.fps, s, guided=roi is not None, roi=roi)
+        encode_clip(path, zip(clip.images, maps), w, h, clip.fps, s, guided=roi is not None, roi=roi)
         seconds = time.perf_counter() - t0
         q = measure_region_quality(path, zip(clip.images, clip.truth))
         out.append({"setting": s.crf if s.crf is not None else s.bitrate, "bitrate": q.bitrate,
@@ -131,7 +137,18 @@ def roi_config(base: RoiConfig, strength: float, smooth: float) -> RoiConfig:
                                background_offset=base.background_offset * strength, time_constant=smooth)
 
 
-def plot_rd(clip: Clip, rows: list[dict], out_dir: Path) -> Path:
+CONTROLS = {"centre": "guided by a fixed centre prior (no model)", "truth": "guided by the ground truth (oracle)"}
+
+
+def control_maps(clip: Clip, kind: str) -> list[np.ndarray]:
+    if kind == "truth":
+        return clip.truth
+    from salstream.diffsal.evaluate import centre_prior
+    prior = centre_prior(clip.images[0].shape[:2]).astype(np.float32)
+    return [prior] * len(clip.images)
+
+
+def plot_rd(clip: Clip, rows: list[dict], out_dir: Path, controls: dict[str, list[dict]]) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,6 +161,10 @@ def plot_rd(clip: Clip, rows: list[dict], out_dir: Path) -> Path:
                 pts = row[variant]
                 ax.plot([p["bitrate"] / 1000 for p in pts], [p[key] for p in pts], style, color=color,
                         label=f"{variant}: {label}", ms=4)
+        if row["codec"] == "libx264":
+            for (kind, pts), color in zip(controls.items(), ("tab:gray", "tab:green")):
+                ax.plot([p["bitrate"] / 1000 for p in pts], [p["ew_psnr"] for p in pts], ":^", color=color, ms=3,
+                        label=f"EW-PSNR, {CONTROLS[kind]}")
         c = row["compare"]
         bd = "n/a" if c["bd_rate_ew_psnr_pct"] is None else f"{c['bd_rate_ew_psnr_pct']:+.1f} %"
         full = "n/a" if c["bd_psnr_full_db"] is None else f"{c['bd_psnr_full_db']:+.2f} dB"
@@ -214,6 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--gamma", type=float, default=RoiConfig().gamma, help="block saliency exponent (>1: sharper)")
     p.add_argument("--sweep-strengths", default="0.5,1,1.5,2", help="'' to skip the strength sweep")
     p.add_argument("--sweep-smooth", default="0,0.2,0.5,1", help="'' to skip the smoothing sweep")
+    p.add_argument("--controls", default="centre,truth",
+                   help="libx264 controls: guided by a centre prior and/or the ground truth ('' for none)")
     p.add_argument("--engine", default="torch", help="engine for the model's maps")
     p.add_argument("--checkpoint", default=None, help="weights for the maps (default: the bundled lite weights)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "salstream-encode-quality"),
@@ -242,6 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     roi = roi_config(base, args.strength, args.smooth)
     clips = [load_clip(k, args.frames, args.engine, args.checkpoint, Path(args.cache)) for k in range(args.clips)]
     results: list[dict] = []
+    controls: list[dict] = []
     plain_x264: dict[str, list[dict]] = {}
     t_start = time.monotonic()
     for clip in clips:
@@ -256,7 +280,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  {codec}: {row['compare']}", flush=True)
             rows.append(row)
         results += rows
-        plot_rd(clip, rows, out_dir)
+        ctrl_points: dict[str, list[dict]] = {}
+        if "libx264" in codecs:
+            for kind in [k for k in args.controls.split(",") if k]:
+                ctrl_points[kind] = pts = rd_points(clip, settings("libx264"), roi, work, control_maps(clip, kind))
+                c = compare(plain_x264[clip.name], pts)
+                controls.append({"clip": clip.name, "codec": "libx264", "guide": kind, "guided": pts, "compare": c})
+                print(f"  libx264 {CONTROLS[kind]}: {c}", flush=True)
+        plot_rd(clip, rows, out_dir, ctrl_points)
     # The sweep: libx264, every clip, one parameter varied at a time around the chosen setting.
     sweep: dict[str, list[dict]] = {}
     for key, values in (("strength", args.sweep_strengths), ("smooth", args.sweep_smooth)):
@@ -281,6 +312,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                           if r["codec"] == codec]),
                        "mean_bd_psnr_full_db": _mean([r["compare"]["bd_psnr_full_db"] for r in results
                                                       if r["codec"] == codec])} for codec in codecs}
+    for kind in {c["guide"] for c in controls}:
+        summary[f"libx264, {CONTROLS[kind]}"] = {
+            "mean_bd_rate_ew_psnr_pct": _mean([c["compare"]["bd_rate_ew_psnr_pct"] for c in controls if c["guide"] == kind]),
+            "mean_bd_psnr_full_db": _mean([c["compare"]["bd_psnr_full_db"] for c in controls if c["guide"] == kind])}
     report = {
         "what": "plain vs saliency-guided encoding: BD-rate on ground-truth EW-PSNR, full-frame BD-PSNR",
         "command": "python -m benchmarks.encode_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -291,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "guidance": "maps of the bundled lite model (audio-visual, one per frame); ground truth only scores",
         "quality": "EW-PSNR: luma PSNR weighted by the ground-truth fixation density, each frame's weights "
                    "summing to 1, MSE pooled over frames; psnr: full-frame luma PSNR",
-        "clips": {c.name: c.info for c in clips}, "summary": summary, "results": results, "sweep": sweep,
+        "clips": {c.name: c.info for c in clips}, "summary": summary, "results": results, "controls": controls, "sweep": sweep,
         "seconds": round(time.monotonic() - t_start, 1),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "note": "a shared 2-core machine: timings are pessimistic; quality figures do not depend on it"},
