@@ -94,3 +94,37 @@ def test_encode_quality_study_runs_end_to_end(small_checkpoint, tmp_path):
     (ctrl,) = report["controls"]
     assert ctrl["guide"] == "centre" and len(ctrl["guided"]) == 4
     assert (out / "rd_synthetic2000000.png").stat().st_size > 10_000 and (out / "sweep.png").exists()
+
+
+@pytest.mark.parametrize("codec, crf", [("libx265", None), ("libx264", 28.0)])
+def test_hevc_and_crf_encodes_honour_the_regions(tmp_path, codec, crf):
+    import av
+
+    from salstream.errors import SalstreamError
+    from salstream.streamer.guidance.encoder import EncodeSettings
+    from salstream.streamer.guidance.quality import encode_clip, measure_region_quality
+    from salstream.streamer.guidance.roi import RoiConfig
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV's FFmpeg has no {codec}")
+    w, h = 256, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    sal = np.zeros((h, w), np.float32)
+    sal[:, : w // 2] = 1.0                                  # left half salient
+    frames = []
+    for i in range(20):
+        noise = np.random.default_rng(i).integers(-8, 9, size=(h, w))
+        img = np.clip(128 + 60 * np.sin(xx / 9.0 + 0.2 * i) * np.cos(yy / 7.0) + noise, 0, 255).astype(np.uint8)
+        frames.append((np.repeat(img[..., None], 3, axis=2), sal))
+    settings = EncodeSettings(bitrate=300_000, codec=codec, crf=crf)
+    encode_clip(tmp_path / "plain.mp4", frames, w, h, 30, settings, guided=False)
+    encode_clip(tmp_path / "guided.mp4", frames, w, h, 30, settings, guided=True, roi=RoiConfig(time_constant=0))
+    with av.open(str(tmp_path / "guided.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == ("hevc" if codec == "libx265" else "h264")
+    plain = measure_region_quality(tmp_path / "plain.mp4", frames)
+    guided = measure_region_quality(tmp_path / "guided.mp4", frames)
+    assert guided.psnr_inside > plain.psnr_inside + 0.5 and guided.psnr_outside < plain.psnr_outside - 0.5
+    with pytest.raises(SalstreamError, match="CRF 60"):
+        EncodeSettings(crf=60)
+    with pytest.raises(SalstreamError, match="libvpx"):
+        EncodeSettings(codec="libvpx")
