@@ -1,263 +1,345 @@
-"""Baseline vs saliency-guided H.264 at the same total size: where do the bits go?
+"""Saliency-guided vs plain encoding, measured as the field measures it: RD curves and BD-rate.
 
-For each clip and bitrate: a baseline libx264 encode (one-pass ABR + 1 s VBV, aq-mode=1)
-and a guided one with per-frame regions of interest from the saliency maps, whose
-bitrate is corrected (secant method) until its size is within ``--size-tolerance`` of
-the baseline's. Both are decoded and compared with the source (luma):
+For each synthetic test clip (whose eye-tracking density is known) and each codec
+(libx264, and libx265 when PyAV's FFmpeg has it): a plain and a saliency-guided encode at
+each of ≥ 4 rates, the same settings for both (ABR + 1 s VBV, or CRF with ``--rate-control
+crf``; aq-mode=1). The guided encodes take regions of interest from the **bundled model's
+maps** (the live pipeline's lite profile, a map per frame); the ground truth only scores:
 
-* PSNR inside / outside the salient region (map ≥ ``--threshold`` of its peak),
-  saliency-weighted PSNR, overall PSNR, file size;
-* mean decoded QP inside / outside (intra frames) and the estimated share of bits
-  spent inside (rate-model estimate, see ``salstream.streamer.guidance.quality.RegionQuality``).
+* quality where people look: luma PSNR weighted by the ground-truth fixation density
+  (EW-PSNR, ``salstream.diffsal.metrics.WeightedPsnr``);
+* full-frame luma PSNR, so the cost outside the salient region is visible;
+* BD-rate (Bjøntegaard, PCHIP; ``salstream.streamer.guidance.quality.bd_rate``) of guided
+  vs plain on EW-PSNR, and the full-frame BD-PSNR (mean PSNR change at equal rate).
 
-Clips: the synthetic benchmark clip with its ground-truth density as the saliency,
-and the bundled sample (``salstream/streamer/media/box.mp4``) with maps from the real
-pipeline (in process, every frame; the bundled lite weights when present, else an
-untrained model, which the JSON records). Writes ``encode_quality.json``, a plot
-(``encode_quality.png``) and side-by-side stills (``still_<clip>.png``) to ``--out-dir``.
+Two controls (libx264) show the metric tells good maps from bad ones: the same encoder
+guided by a fixed centre prior (no model) and by the ground truth itself (the most a
+perfect map could give). A sweep of the guidance strength (the default QP offsets −10/+6
+scaled by a factor) and of the temporal smoothing (time constant) over the same clips
+justifies the defaults.
+Writes ``encode_quality.json``, an RD plot per clip (``rd_<clip>.png``) and ``sweep.png``
+to ``--out-dir``.
 
-    python -m benchmarks.encode_quality --out-dir benchmarks/results/encode_quality
+    nice -n 10 python -m benchmarks.encode_quality --out-dir benchmarks/results/encode_quality
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from salstream.streamer.guidance.encoder import EncodeSettings, parse_bitrate  # noqa: E402
-from salstream.streamer.guidance.quality import encode_clip, encode_matched, measure_region_quality  # noqa: E402
+from salstream.streamer.guidance.encoder import CODECS, EncodeSettings, parse_bitrate  # noqa: E402
+from salstream.streamer.guidance.quality import bd_quality, bd_rate, encode_clip, measure_region_quality  # noqa: E402
 from salstream.streamer.guidance.roi import RoiConfig  # noqa: E402
 
-Pairs = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+TEST_SEED = 2_000_000          # first clip of the synthetic benchmark's test split
 
 
-def synthetic_clip(seed: int, frames: int) -> tuple[str, list[np.ndarray], list[np.ndarray], float, dict]:
-    from salstream.diffsal.datasets.synthetic import SyntheticClip
-    clip = SyntheticClip(seed, n_frames=frames)
-    images = [clip.frame(i) for i in range(frames)]
-    maps = [clip.density(i) for i in range(frames)]
-    return "synthetic", images, maps, clip.fps, {"seed": seed, "saliency": "ground-truth density"}
+@dataclasses.dataclass
+class Clip:
+    name: str
+    seed: int
+    images: list[np.ndarray]
+    truth: list[np.ndarray]      # ground-truth fixation density per frame (scores only)
+    maps: list[np.ndarray]       # the model's map per frame (guides the encoder)
+    fps: float
+    info: dict
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def model_maps(clip, engine: str, checkpoint: Optional[str], cache_dir: Path) -> tuple[list[np.ndarray], dict]:
+    """The bundled model's map for every frame of ``clip`` (audio-visual, offline: a map per frame), cached."""
+    from salstream import Saliency
 
-
-def sample_clip(path: str, frames: int, checkpoint: Optional[str], steps: Optional[int]
-                ) -> tuple[str, list[np.ndarray], list[np.ndarray], float, dict]:
-    """Frames of ``path`` and the pipeline's map for each of them (run offline, a map per frame)."""
-    from salstream.runtime import load_engine
-    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
-    from salstream.streamer.live.sources import open_source
-
-    source = open_source(path, paced=False)
-    fps = source.fps
-    images: dict[int, np.ndarray] = {}
-    maps: dict[int, np.ndarray] = {}
-
-    class Keep:
-        """Keeps the frames the pipeline reads and the map of each."""
-
-        def start(self, sources, publisher) -> None:
-            pass
-
-        def on_unit(self, unit) -> None:
-            img = getattr(unit, "image", None)
-            if img is not None and unit.index < frames:
-                images[unit.index] = img
-
-        def on_map(self, header, saliency) -> None:
-            maps[header.frame_index] = np.array(saliency, np.float32)
-
-        def close(self, failed: bool = False) -> None:
-            pass
-
-        def summary(self) -> list[str]:
-            return []
-
-    opts = PipelineOptions(sources=[path], steps=steps, paced=False, max_frames=frames,
-                           send_frames=False, publish=f"tcp://127.0.0.1:{_free_port()}")
+    sal = Saliency("lite", engine=engine, checkpoint=checkpoint)
+    weights = Path(str(sal.weights)) if sal.weights else None
+    tag = hashlib.sha256(f"{clip.seed}:{clip.n_frames}:{weights and weights.stat().st_size}:{weights}".encode()
+                         ).hexdigest()[:16]
+    cached = cache_dir / f"maps-{tag}.npz"
+    info = {"weights": weights.name if weights else "UNTRAINED (no weights found)", "engine": sal.engine.name}
+    if cached.exists():
+        with np.load(cached) as z:
+            return list(z["maps"]), {**info, "cached": True}
+    frames = np.stack([clip.frame(i) for i in range(clip.n_frames)])
+    got: dict[int, np.ndarray] = {}
     t0 = time.monotonic()
-    engine, weights = load_engine("lite", checkpoint, "torch")
-    Pipeline(opts, engine, sources=[source], consumers=[Keep()]).run()
-    seconds = time.monotonic() - t0
-    n = min(frames, len(images))
-    if not maps:
-        raise SystemExit(f"{path}: the pipeline produced no maps")
-    # Frames before the first full window take the first map (as the live encoder does).
-    first = min(maps)
-    ordered = []
-    last = maps[first]
-    for i in range(n):
-        last = maps.get(i, last)
-        ordered.append(last)
-    weights = str(Path(weights).resolve().relative_to(ROOT)) if weights and Path(weights).resolve().is_relative_to(ROOT) else weights
-    info = {"path": str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else path,
-            "saliency": "pipeline maps (lite profile)", "weights": weights or "UNTRAINED (no weights found)",
-            "maps": len(maps), "pipeline_seconds": round(seconds, 1)}
-    h, w = images[0].shape[:2]
-    crop = (h - h % 2, w - w % 2)
-    return "sample", [np.ascontiguousarray(images[i][: crop[0], : crop[1]]) for i in range(n)], ordered, fps, info
+    for p in sal.predict_frames(frames, clip.fps, clip.audio(), clip.sample_rate):
+        got[p.frame_index] = np.asarray(p.saliency, np.float32)
+    if not got:
+        raise SystemExit(f"synthetic:{clip.seed}: the model produced no maps")
+    first = got[min(got)]
+    maps, last = [], first                      # a frame without its own map keeps the newest earlier one
+    for i in range(clip.n_frames):
+        last = got.get(i, last)
+        maps.append(last)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cached, maps=np.stack(maps))
+    return maps, {**info, "maps": len(got), "seconds": round(time.monotonic() - t0, 1)}
 
 
-def run_clip(name: str, images: list[np.ndarray], maps: list[np.ndarray], fps: float, bitrates: list[int],
-             out_dir: Path, args: argparse.Namespace, roi: RoiConfig) -> list[dict]:
-    h, w = images[0].shape[:2]
-    pairs: Pairs = lambda: zip(images, maps)  # noqa: E731
-    rows = []
-    for br in bitrates:
-        settings = EncodeSettings(bitrate=br, preset=args.preset)
-        base_path = out_dir / f"{name}_{br // 1000}k_baseline.mp4"
-        guided_path = out_dir / f"{name}_{br // 1000}k_guided.mp4"
+def load_clip(k: int, frames: int, engine: str, checkpoint: Optional[str], cache_dir: Path) -> Clip:
+    from salstream.diffsal.datasets.synthetic import SyntheticClip
+
+    seed = TEST_SEED + k
+    clip = SyntheticClip(seed, n_frames=frames)
+    maps, info = model_maps(clip, engine, checkpoint, cache_dir)
+    from salstream.diffsal.metrics import cc
+    truth = [clip.density(i) for i in range(frames)]
+    info["map_cc_to_truth"] = round(float(np.mean([cc(m, t) for m, t in zip(maps, truth)])), 3)
+    return Clip(f"synthetic{seed}", seed, [clip.frame(i) for i in range(frames)], truth, maps, clip.fps,
+                {"seed": seed, "frames": frames, "size": [clip.width, clip.height], "fps": clip.fps, **info})
+
+
+def rd_points(clip: Clip, settings_list: list[EncodeSettings], roi: Optional[RoiConfig], work: Path,
+              maps: Optional[list[np.ndarray]] = None) -> list[dict]:
+    """One encode per settings (guided by ``maps``, default the model's, when ``roi`` is given), scored
+    against the ground truth."""
+    h, w = clip.images[0].shape[:2]
+    maps = clip.maps if maps is None else maps
+    out = []
+    for s in settings_list:
+        path = work / f"{clip.name}-{s.codec}.mp4"
         t0 = time.perf_counter()
-        base = encode_clip(base_path, pairs(), w, h, fps, settings, guided=False)
-        t_base = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        guided, used = encode_matched(guided_path, pairs, w, h, fps, settings, base.bytes, roi=roi,
-                                      tolerance=args.size_tolerance)
-        t_guided = time.perf_counter() - t0
-        qb = measure_region_quality(base_path, pairs(), args.threshold).summary()
-        qg = measure_region_quality(guided_path, pairs(), args.threshold).summary()
-        row = {"clip": name, "target_bitrate": br, "guided_bitrate_setting": used.bitrate,
-               "size_ratio": qg["video_bytes"] / qb["video_bytes"], "baseline": qb, "guided": qg,
-               "encode_seconds": {"baseline": round(t_base, 2), "guided_all_tries": round(t_guided, 2)},
-               "files": [base_path.name, guided_path.name]}
-        rows.append(row)
-        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"{name} {br // 1000}k: size ratio {row['size_ratio']:.3f} | PSNR inside {fmt(qb['psnr_inside'])} → "
-              f"{fmt(qg['psnr_inside'])} dB, outside {fmt(qb['psnr_outside'])} → {fmt(qg['psnr_outside'])} dB, "
-              f"weighted {fmt(qb['weighted_psnr'])} → {fmt(qg['weighted_psnr'])} dB, bit share inside (est.) "
-              f"{qb['bit_share_inside_est']:.3f} → {qg['bit_share_inside_est']:.3f}", flush=True)
-    if rows:
-        still(name, images, maps, out_dir, rows[0], args.threshold)
-    if not args.keep_videos:
-        for row in rows:
-            for f in row["files"]:
-                (out_dir / f).unlink(missing_ok=True)
-    return rows
+        encode_clip(path, zip(clip.images, maps), w, h, clip.fps, s, guided=roi is not None, roi=roi)
+        seconds = time.perf_counter() - t0
+        q = measure_region_quality(path, zip(clip.images, clip.truth))
+        out.append({"setting": s.crf if s.crf is not None else s.bitrate, "bitrate": q.bitrate,
+                    "ew_psnr": q.weighted_psnr, "psnr": q.psnr, "encode_seconds": round(seconds, 2)})
+        path.unlink(missing_ok=True)
+    return out
 
 
-def _decode_frame(path: Path, index: int) -> np.ndarray:
-    import av
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i == index:
-                return f.to_ndarray(format="rgb24")
-    raise ValueError(f"{path} has no frame {index}")
+def compare(plain: list[dict], guided: list[dict]) -> dict:
+    """BD-rate on EW-PSNR and BD-PSNR on full-frame PSNR of guided vs plain (None where a curve is unusable)."""
+    def safe(fn, key):
+        try:
+            return round(fn([p["bitrate"] for p in plain], [p[key] for p in plain],
+                            [g["bitrate"] for g in guided], [g[key] for g in guided]), 3)
+        except ValueError as exc:
+            print(f"  ({fn.__name__} on {key}: {exc})", flush=True)
+            return None
+    return {"bd_rate_ew_psnr_pct": safe(bd_rate, "ew_psnr"), "bd_psnr_full_db": safe(bd_quality, "psnr"),
+            "bd_ew_psnr_db": safe(bd_quality, "ew_psnr")}
 
 
-def still(name: str, images: list[np.ndarray], maps: list[np.ndarray], out_dir: Path, row: dict,
-          threshold: float) -> None:
-    """Source | baseline | guided, full frame and a 2× crop around the map's peak, at the lowest bitrate."""
-    import cv2
+def roi_config(base: RoiConfig, strength: float, smooth: float) -> RoiConfig:
+    return dataclasses.replace(base, salient_offset=base.salient_offset * strength,
+                               background_offset=base.background_offset * strength, time_constant=smooth)
+
+
+CONTROLS = {"centre": "guided by a fixed centre prior (no model)", "truth": "guided by the ground truth (oracle)"}
+
+
+def control_maps(clip: Clip, kind: str) -> list[np.ndarray]:
+    if kind == "truth":
+        return clip.truth
+    from salstream.diffsal.evaluate import centre_prior
+    prior = centre_prior(clip.images[0].shape[:2]).astype(np.float32)
+    return [prior] * len(clip.images)
+
+
+def plot_rd(clip: Clip, rows: list[dict], out_dir: Path, controls: dict[str, list[dict]]) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = len(images) // 2
-    h, w = images[k].shape[:2]
-    base = _decode_frame(out_dir / row["files"][0], k)
-    guided = _decode_frame(out_dir / row["files"][1], k)
-    sal = cv2.resize(maps[k], (w, h))
-    cy, cx = np.unravel_index(int(np.argmax(sal)), sal.shape)
-    ch, cw = h // 3, w // 3
-    y0 = int(np.clip(cy - ch // 2, 0, h - ch))
-    x0 = int(np.clip(cx - cw // 2, 0, w - cw))
-    fig, ax = plt.subplots(2, 3, figsize=(12, 6.2))
-    for j, (img, title) in enumerate([(images[k], "source"), (base, "baseline"), (guided, "saliency-guided")]):
-        ax[0, j].imshow(img)
-        if j == 0:
-            ax[0, j].contour(sal >= threshold * sal.max(), levels=[0.5], colors="yellow", linewidths=1)
-        ax[0, j].add_patch(plt.Rectangle((x0, y0), cw, ch, fill=False, color="red", lw=1))
-        ax[0, j].set_title(title)
-        ax[1, j].imshow(img[y0:y0 + ch, x0:x0 + cw], interpolation="nearest")
-        ax[1, j].set_title(f"{title}, crop")
-    for a in ax.ravel():
-        a.axis("off")
-    fig.suptitle(f"{name}, frame {k}, {row['target_bitrate'] // 1000} kb/s, equal size "
-                 f"(ratio {row['size_ratio']:.3f}); yellow: salient region")
-    fig.tight_layout()
-    fig.savefig(out_dir / f"still_{name}.png", dpi=80)
-    plt.close(fig)
-
-
-def plot(rows: list[dict], out_dir: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    clips = sorted({r["clip"] for r in rows})
-    fig, axes = plt.subplots(1, len(clips), figsize=(6 * len(clips), 4.2), squeeze=False)
-    for ax, clip in zip(axes[0], clips):
-        rs = [r for r in rows if r["clip"] == clip]
-        kb = [r["baseline"]["bitrate"] / 1000 for r in rs]
-        for key, color in (("psnr_inside", "tab:red"), ("psnr_outside", "tab:blue"), ("weighted_psnr", "tab:green")):
-            ax.plot(kb, [r["baseline"][key] for r in rs], "--o", color=color, label=f"baseline {key}")
-            ax.plot(kb, [r["guided"][key] for r in rs], "-s", color=color, label=f"guided {key}")
-        ax.set_xlabel("video bitrate (kb/s, both encodes)")
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.2 * len(rows), 4.0), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        for key, color, label in (("ew_psnr", "tab:red", "EW-PSNR (where people look)"),
+                                  ("psnr", "tab:blue", "full-frame PSNR")):
+            for variant, style in (("plain", "--o"), ("guided", "-s")):
+                pts = row[variant]
+                ax.plot([p["bitrate"] / 1000 for p in pts], [p[key] for p in pts], style, color=color,
+                        label=f"{variant}: {label}", ms=4)
+        if row["codec"] == "libx264":
+            for (kind, pts), color in zip(controls.items(), ("tab:gray", "tab:green")):
+                ax.plot([p["bitrate"] / 1000 for p in pts], [p["ew_psnr"] for p in pts], ":^", color=color, ms=3,
+                        label=f"EW-PSNR, {CONTROLS[kind]}")
+        c = row["compare"]
+        bd = "n/a" if c["bd_rate_ew_psnr_pct"] is None else f"{c['bd_rate_ew_psnr_pct']:+.1f} %"
+        full = "n/a" if c["bd_psnr_full_db"] is None else f"{c['bd_psnr_full_db']:+.2f} dB"
+        ax.set_title(f"{row['codec']}: BD-rate (EW-PSNR) {bd}, full-frame {full}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("bitrate (kb/s)")
         ax.set_ylabel("luma PSNR (dB)")
-        ax.set_title(clip)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
+    fig.suptitle(f"{clip.name} ({clip.info['size'][0]}×{clip.info['size'][1]}, {len(clip.images)} frames): "
+                 "plain vs saliency-guided, guided by the bundled model's maps", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_dir / "encode_quality.png", dpi=100)
+    path = out_dir / f"rd_{clip.name}.png"
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+    return path
+
+
+def plot_sweep(sweep: dict, out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, xlabel in ((axes[0], "strength", "guidance strength (× the −10/+6 QP offsets)"),
+                            (axes[1], "smooth", "smoothing time constant (s)")):
+        pts = sweep.get(key, [])
+        if not pts:
+            ax.set_visible(False)
+            continue
+        xs = [p["value"] for p in pts]
+        ax.plot(xs, [p["mean_bd_rate_ew_psnr_pct"] for p in pts], "-o", color="tab:red", label="BD-rate, EW-PSNR (%)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("BD-rate on EW-PSNR (%)", color="tab:red")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [p["mean_bd_psnr_full_db"] for p in pts], "--s", color="tab:blue")
+        ax2.set_ylabel("full-frame BD-PSNR (dB)", color="tab:blue")
+    fig.suptitle("libx264 sweep, mean over the clips (lower BD-rate = fewer bits for the same quality where "
+                 "people look)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sweep.png", dpi=90)
+    plt.close(fig)
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    v = [x for x in values if x is not None]
+    return round(float(np.mean(v)), 3) if v else None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out-dir", default="benchmarks/results/encode_quality")
-    p.add_argument("--bitrates", default="100k,200k,400k", help="synthetic clip bitrates (comma-separated)")
-    p.add_argument("--sample-bitrates", default="250k,500k,1M", help="bundled sample bitrates")
-    p.add_argument("--seed", type=int, default=2_000_000, help="synthetic clip seed (test split)")
-    p.add_argument("--frames", type=int, default=150, help="synthetic clip frames")
-    p.add_argument("--sample", default=str(ROOT / "salstream" / "streamer" / "media" / "box.mp4"), help="'' to skip")
-    p.add_argument("--sample-frames", type=int, default=150)
-    p.add_argument("--checkpoint", default=None, help="weights for the sample's pipeline maps")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threshold", type=float, default=0.5, help="salient region: map ≥ this × its peak")
-    p.add_argument("--size-tolerance", type=float, default=0.02)
+    p.add_argument("--clips", type=int, default=3, help="synthetic test clips (seeds 2000000, 2000001, …)")
+    p.add_argument("--frames", type=int, default=150, help="frames per clip (5 s at 30 fps)")
+    p.add_argument("--codecs", default=",".join(c for c in CODECS if _available(c)),
+                   help="comma-separated: libx264, libx265")
+    p.add_argument("--rate-control", choices=("abr", "crf"), default="abr",
+                   help="abr: one-pass ABR + 1 s VBV at --rates (the live setting); crf: constant rate factor --crfs")
+    p.add_argument("--rates", default="100k,200k,400k,800k", help="ABR bitrates (≥ 4)")
+    p.add_argument("--crfs", default="24,28,32,36", help="CRF values with --rate-control crf (≥ 4)")
     p.add_argument("--preset", default="veryfast")
-    p.add_argument("--keep-videos", action="store_true")
+    p.add_argument("--strength", type=float, default=1.0, help="scale of the default QP offsets (−10 salient, +6 background)")
+    p.add_argument("--smooth", type=float, default=RoiConfig().time_constant, help="QP smoothing time constant (s)")
+    p.add_argument("--block-size", type=int, default=RoiConfig().block_size)
+    p.add_argument("--gamma", type=float, default=RoiConfig().gamma, help="block saliency exponent (>1: sharper)")
+    p.add_argument("--sweep-strengths", default="0.5,1,1.5,2", help="'' to skip the strength sweep")
+    p.add_argument("--sweep-smooth", default="0,0.2,0.5,1", help="'' to skip the smoothing sweep")
+    p.add_argument("--controls", default="centre,truth",
+                   help="libx264 controls: guided by a centre prior and/or the ground truth ('' for none)")
+    p.add_argument("--engine", default="torch", help="engine for the model's maps")
+    p.add_argument("--checkpoint", default=None, help="weights for the maps (default: the bundled lite weights)")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "salstream-encode-quality"),
+                   help="where the model's maps are cached between runs")
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    roi = RoiConfig()
-    rows: list[dict] = []
-    clips: dict[str, dict] = {}
-    name, images, maps, fps, info = synthetic_clip(args.seed, args.frames)
-    clips[name] = {**info, "frames": len(images), "size": list(images[0].shape[:2][::-1]), "fps": fps}
-    rows += run_clip(name, images, maps, fps, [parse_bitrate(b) for b in args.bitrates.split(",")], out_dir, args, roi)
-    if args.sample:
-        name, images, maps, fps, info = sample_clip(args.sample, args.sample_frames, args.checkpoint, args.steps)
-        clips[name] = {**info, "frames": len(images), "size": list(images[0].shape[:2][::-1]), "fps": fps}
-        rows += run_clip(name, images, maps, fps, [parse_bitrate(b) for b in args.sample_bitrates.split(",")],
-                         out_dir, args, roi)
-    plot(rows, out_dir)
+    work = Path(tempfile.mkdtemp(prefix="encq-"))
+    codecs = [c for c in args.codecs.split(",") if c]
+    for c in codecs:
+        if not _available(c):
+            raise SystemExit(f"--codecs {c}: this PyAV's FFmpeg has no such encoder")
+    if args.rate_control == "abr":
+        points = [parse_bitrate(b) for b in args.rates.split(",")]
+    else:
+        points = [float(c) for c in args.crfs.split(",")]
+    if len(points) < 4:
+        raise SystemExit("BD-rate needs at least 4 rates (--rates / --crfs)")
+
+    def settings(codec: str) -> list[EncodeSettings]:
+        if args.rate_control == "abr":
+            return [EncodeSettings(bitrate=b, preset=args.preset, codec=codec) for b in points]
+        return [EncodeSettings(crf=c, preset=args.preset, codec=codec) for c in points]
+
+    base = dataclasses.replace(RoiConfig(), block_size=args.block_size, gamma=args.gamma)
+    roi = roi_config(base, args.strength, args.smooth)
+    clips = [load_clip(k, args.frames, args.engine, args.checkpoint, Path(args.cache)) for k in range(args.clips)]
+    results: list[dict] = []
+    controls: list[dict] = []
+    plain_x264: dict[str, list[dict]] = {}
+    t_start = time.monotonic()
+    for clip in clips:
+        print(f"{clip.name}: model maps CC to the ground truth {clip.info['map_cc_to_truth']}", flush=True)
+        rows = []
+        for codec in codecs:
+            plain = rd_points(clip, settings(codec), None, work)
+            guided = rd_points(clip, settings(codec), roi, work)
+            if codec == "libx264":
+                plain_x264[clip.name] = plain
+            row = {"clip": clip.name, "codec": codec, "plain": plain, "guided": guided, "compare": compare(plain, guided)}
+            print(f"  {codec}: {row['compare']}", flush=True)
+            rows.append(row)
+        results += rows
+        ctrl_points: dict[str, list[dict]] = {}
+        if "libx264" in codecs:
+            for kind in [k for k in args.controls.split(",") if k]:
+                ctrl_points[kind] = pts = rd_points(clip, settings("libx264"), roi, work, control_maps(clip, kind))
+                c = compare(plain_x264[clip.name], pts)
+                controls.append({"clip": clip.name, "codec": "libx264", "guide": kind, "guided": pts, "compare": c})
+                print(f"  libx264 {CONTROLS[kind]}: {c}", flush=True)
+        plot_rd(clip, rows, out_dir, ctrl_points)
+    # The sweep: libx264, every clip, one parameter varied at a time around the chosen setting.
+    sweep: dict[str, list[dict]] = {}
+    for key, values in (("strength", args.sweep_strengths), ("smooth", args.sweep_smooth)):
+        if not values or "libx264" not in codecs:
+            continue
+        for v in [float(x) for x in values.split(",")]:
+            cfg = roi_config(base, v if key == "strength" else args.strength, v if key == "smooth" else args.smooth)
+            per_clip = []
+            for clip in clips:
+                same = cfg == roi
+                guided = (next(r["guided"] for r in results if r["clip"] == clip.name and r["codec"] == "libx264")
+                          if same else rd_points(clip, settings("libx264"), cfg, work))
+                per_clip.append(compare(plain_x264[clip.name], guided))
+            entry = {"value": v, "per_clip": per_clip,
+                     "mean_bd_rate_ew_psnr_pct": _mean([c["bd_rate_ew_psnr_pct"] for c in per_clip]),
+                     "mean_bd_psnr_full_db": _mean([c["bd_psnr_full_db"] for c in per_clip])}
+            print(f"sweep {key}={v}: BD-rate {entry['mean_bd_rate_ew_psnr_pct']} %, full-frame "
+                  f"{entry['mean_bd_psnr_full_db']} dB", flush=True)
+            sweep.setdefault(key, []).append(entry)
+    plot_sweep(sweep, out_dir)
+    summary = {codec: {"mean_bd_rate_ew_psnr_pct": _mean([r["compare"]["bd_rate_ew_psnr_pct"] for r in results
+                                                          if r["codec"] == codec]),
+                       "mean_bd_psnr_full_db": _mean([r["compare"]["bd_psnr_full_db"] for r in results
+                                                      if r["codec"] == codec])} for codec in codecs}
+    for kind in {c["guide"] for c in controls}:
+        summary[f"libx264, {CONTROLS[kind]}"] = {
+            "mean_bd_rate_ew_psnr_pct": _mean([c["compare"]["bd_rate_ew_psnr_pct"] for c in controls if c["guide"] == kind]),
+            "mean_bd_psnr_full_db": _mean([c["compare"]["bd_psnr_full_db"] for c in controls if c["guide"] == kind])}
     report = {
-        "what": "baseline vs saliency-guided libx264 at equal size",
-        "rate_control": "one-pass ABR + VBV (maxrate = bitrate, 1 s buffer), aq-mode=1 for both; guided bitrate "
-                        f"corrected by the secant method until its size is within {args.size_tolerance:.0%} of "
-                        "the baseline's",
-        "roi": {k: getattr(roi, k) for k in ("block_size", "salient_offset", "background_offset", "gamma",
-                                             "normalize", "pooling", "time_constant", "max_step")},
-        "threshold": args.threshold, "preset": args.preset, "clips": clips, "results": rows,
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "what": "plain vs saliency-guided encoding: BD-rate on ground-truth EW-PSNR, full-frame BD-PSNR",
+        "command": "python -m benchmarks.encode_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rate_control": ("one-pass ABR + VBV (maxrate = bitrate, 1 s buffer)" if args.rate_control == "abr"
+                         else "CRF") + ", aq-mode=1, the same settings for plain and guided",
+        "points": points, "preset": args.preset, "codecs": codecs,
+        "roi": {**dataclasses.asdict(roi), "strength": args.strength},
+        "guidance": "maps of the bundled lite model (audio-visual, one per frame); ground truth only scores",
+        "quality": "EW-PSNR: luma PSNR weighted by the ground-truth fixation density, each frame's weights "
+                   "summing to 1, MSE pooled over frames; psnr: full-frame luma PSNR",
+        "clips": {c.name: c.info for c in clips}, "summary": summary, "results": results, "controls": controls, "sweep": sweep,
+        "seconds": round(time.monotonic() - t_start, 1),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "note": "a shared 2-core machine: timings are pessimistic; quality figures do not depend on it"},
     }
     (out_dir / "encode_quality.json").write_text(json.dumps(report, indent=1, allow_nan=False))
-    print(f"wrote {out_dir / 'encode_quality.json'}, encode_quality.png, still_*.png")
+    print(json.dumps(summary))
+    print(f"wrote {out_dir / 'encode_quality.json'}, rd_*.png, sweep.png")
     return 0
+
+
+def _available(codec: str) -> bool:
+    import av
+    return codec in av.codecs_available
 
 
 if __name__ == "__main__":

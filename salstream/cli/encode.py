@@ -7,6 +7,10 @@ Where the maps come from (with ``--saliency-guided``):
   consumers; the maps and the applied regions are also published on ``--publish``);
 * ``--maps ADDRESS``: maps of a ``salstream run`` already publishing for the same input;
 * ``--truth``: synthetic sources only, the ground-truth density (no model).
+
+``--connect ADDRESS`` instead follows a ``salstream run`` in another process: its frame
+previews, each guided by the run's ``roi/<stream>`` offsets (``run --roi``) or its maps
+(``--guide maps``), encoded while the run goes on.
 """
 from __future__ import annotations
 
@@ -17,11 +21,12 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from salstream.cli.numbers import COUNT, number
+from salstream.cli.numbers import COUNT, SECONDS, WAIT_SECONDS, number
+from salstream.cli.roi_options import add_roi_options, roi_config
 from salstream.errors import SalstreamError
 from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, add_source_audio, parse_bitrate
 from salstream.streamer.guidance.roi import RoiConfig, RoiPublisher
-from salstream.streamer.guidance.session import LiveEncodeSession
+from salstream.streamer.guidance.session import LiveEncodeSession, follow_publisher
 from salstream.streamer.live.units import VideoFrame
 
 
@@ -31,8 +36,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Encode --source to --out with libx264 at --bitrate (one-pass ABR, 1 s VBV buffer). "
                     "With --saliency-guided every frame carries regions of interest (a QP offset per "
                     "block) from its saliency map, computed live by the pipeline in this process, or "
-                    "taken from a running `salstream run` (--maps), or the synthetic ground truth (--truth).")
-    p.add_argument("--source", required=True, help="a media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]")
+                    "taken from a running `salstream run` (--maps), or the synthetic ground truth (--truth). "
+                    "With --connect ADDRESS it follows a running `salstream run` instead of reading a source: "
+                    "the run's frame previews, guided by its roi/<stream> offsets (run it with --roi) or its "
+                    "maps (--guide maps), encoded while the run goes on.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", help="a media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]")
+    what.add_argument("--connect", metavar="ADDRESS",
+                      help="follow `salstream run` publishing on ADDRESS (e.g. tcp://127.0.0.1:5556): encode its "
+                           "frame previews (longer side ≤ 640 px) as they arrive; ends after --frames, after "
+                           "--idle-timeout without messages, or on Ctrl-C (the file stays playable; .mkv plays "
+                           "while it is still being written)")
     p.add_argument("--out", required=True, help="output file (.mp4 or .mkv)")
     p.add_argument("--bitrate", required=True, help="target bitrate, e.g. 500k or 2M")
     p.add_argument("--saliency-guided", action="store_true", help="apply per-frame regions of interest")
@@ -53,10 +67,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "the publisher; the in-process pipeline then computes a map for every frame)")
     p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
     p.add_argument("--tune", default=None, help="x264 tune, e.g. zerolatency")
-    p.add_argument("--block-size", type=number(int, 4, 256), default=16, help="ROI block size in pixels (default 16)")
-    p.add_argument("--salient-qp", type=number(float, -51, 51), default=-10.0, help="QP offset at saliency 1 (default -10)")
-    p.add_argument("--background-qp", type=number(float, -51, 51), default=6.0, help="QP offset at saliency 0 (default +6)")
-    p.add_argument("--smooth", type=number(float, 0, 60), default=0.2, help="time constant (s) of QP smoothing (default 0.2)")
+    add_roi_options(p)
+    follow = p.add_argument_group("with --connect")
+    follow.add_argument("--guide", choices=("roi", "maps"), default="roi",
+                        help="roi (default): apply the offsets the run publishes on roi/<stream> as they are "
+                             "(set them there: run --roi-salient-qp …; the ROI options here are then unused); "
+                             "maps: make the offsets here from the run's maps, with the ROI options above")
+    follow.add_argument("--stream", default="0", help="stream id to follow (default %(default)s)")
+    follow.add_argument("--fps", type=number(float, 0, 1000, lo_open=True), default=30.0,
+                        help="frame rate for rate control (timestamps come from the run; default %(default)s)")
+    follow.add_argument("--idle-timeout", type=SECONDS, default=10.0, metavar="S",
+                        help="finish when nothing arrived for S seconds (default %(default)s)")
+    follow.add_argument("--wait", type=WAIT_SECONDS, default=60.0, metavar="S",
+                        help="how long to wait for the first frame before giving up (default %(default)s)")
     p.add_argument("--max-delay", type=number(int, 0, 10_000), default=30,
                    help="frames held back waiting for their map before encoding with the latest one (default 30)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -136,13 +159,14 @@ def run(args: argparse.Namespace) -> int:
     from salstream.streamer.live.sources import open_source
 
     settings = EncodeSettings(bitrate=parse_bitrate(args.bitrate), preset=args.preset, tune=args.tune)
-    roi = RoiConfig(block_size=args.block_size, salient_offset=args.salient_qp,
-                    background_offset=args.background_qp, time_constant=args.smooth)
+    roi = roi_config(args)
+    if args.frames is not None and args.frames < 1:
+        raise SalstreamError(f"--frames {args.frames}: must be ≥ 1")
+    if args.connect:
+        return _follow(args, settings, roi)
     guided = bool(args.saliency_guided)
     if not guided and (args.maps or args.truth):
         raise SalstreamError("--maps/--truth only matter with --saliency-guided; add it or drop them")
-    if args.frames is not None and args.frames < 1:
-        raise SalstreamError(f"--frames {args.frames}: must be ≥ 1")
     in_process = guided and not (args.maps or args.truth)
     from salstream.streamer.overlay.recording import check_record_target
     check_record_target(args.out, [args.source], option="--out")    # never the input itself, nor a full disk
@@ -204,8 +228,42 @@ def run(args: argparse.Namespace) -> int:
                "frames_without_own_map": session.aligner.late_frames if guided else None,
                "bytes": stats.bytes, "bitrate": round(stats.bitrate), "target_bitrate": settings.bitrate,
                "regions_max": stats.regions_max, "audio": bool(audio), **summary_extra}
-    if args.json:
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+
+
+def _follow(args: argparse.Namespace, settings: EncodeSettings, roi: RoiConfig) -> int:
+    """--connect: encode the frame previews of a running `salstream run`, guided by its roi/ or maps."""
+    if args.maps or args.truth:
+        raise SalstreamError("--connect takes frames and guidance from the run; drop --maps/--truth")
+    if args.fps <= 0 or args.idle_timeout <= 0 or args.wait <= 0:
+        raise SalstreamError("--fps, --idle-timeout and --wait must be > 0")
+    from salstream.streamer.wire import format as wire
+    wire.check_stream_id(args.stream)
+
+    def make_encoder(width: int, height: int) -> GuidedEncoder:
+        return GuidedEncoder(args.out, width, height, args.fps, settings, guided=True, roi=roi)
+
+    session = LiveEncodeSession(make_encoder, stream_id=args.stream, max_delay=args.max_delay)
+    failed = True
+    try:
+        got = follow_publisher(args.connect, session, guide=args.guide, max_frames=args.frames,
+                               idle_timeout=args.idle_timeout, first_timeout=args.wait)
+        failed = False
+    finally:
+        stats = session.close(failed=failed)
+    if stats is None:
+        raise SalstreamError(f"--connect {args.connect}: no frame of stream {args.stream} arrived; nothing was encoded")
+    _print_summary({"out": str(args.out), "frames": stats.frames, "guided_frames": stats.guided_frames,
+                    "guidance_received": got.guides, "guide": args.guide,
+                    "frames_without_own_guidance": session.aligner.late_frames, "bad_frames": got.bad_frames,
+                    "ended": got.ended, "bytes": stats.bytes, "target_bitrate": settings.bitrate,
+                    "regions_max": stats.regions_max}, args.json)
     return 0

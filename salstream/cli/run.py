@@ -11,6 +11,7 @@ from pathlib import Path
 from salstream.cli.numbers import (
     attempts_or_forever,
 )
+from salstream.cli.roi_options import add_roi_options, roi_config
 from salstream.errors import SalstreamError
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
@@ -102,6 +103,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-frames", action="store_true",
                    help="do not publish the JPEG frame previews (topic frame/<stream>) that `salstream view` "
                         "overlays")
+    p.add_argument("--roi", action="store_true",
+                   help="also publish roi/<stream> for every map: per-block QP offsets and FFmpeg regions of "
+                        "interest for a saliency-guided encoder (`salstream encode --connect`; wire format in "
+                        "the README); tune them with --roi-block-size, --roi-salient-qp, --roi-background-qp, "
+                        "--roi-smooth")
+    add_roi_options(p, prefix="roi-")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a first subscriber before reading the sources, so it "
                         "gets every map")
@@ -156,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save_maps is not None:
         from salstream.streamer.saved_maps import MapSaver
         consumers.append(MapSaver(args.save_maps, png=args.save_png))
+    if args.roi:
+        from salstream.streamer.guidance.roi import RoiFeed
+        consumers.append(RoiFeed(roi_config(args, prefix="roi-")))   # bad ROI numbers fail before the model loads
     if args.web is not None:
         from salstream.streamer.web.consumer import WebViewing
         consumers.append(WebViewing(args.web, allow_remote=args.allow_remote))   # binds now: a busy port fails early

@@ -23,6 +23,10 @@ differ. ``gt_density`` must be finite, non-negative and not all zero; ``fixation
 binary map with at least one fixation: anything else raises :class:`ValueError` naming the
 input. A *constant prediction* carries no information and gets the value of a uniform
 map: CC 0, NSS 0, AUC 0.5, SIM and KLD computed against the uniform distribution.
+For coded video, :class:`WeightedPsnr` / :func:`weighted_psnr` give the eye-tracking-weighted
+PSNR (EW-PSNR) that saliency-guided coding is judged by: each pixel's squared error weighted
+by the fixation density.
+
 Deviation from the MIT code: ties in AUC-Judd are counted exactly (all pixels at or
 above a threshold) instead of being broken by a random 1e-7 jitter, so the value is
 deterministic and a constant map scores exactly 0.5.
@@ -35,7 +39,8 @@ from salstream.diffsal.maps import normalize_map, resize_map
 
 EPS = 2.2204e-16  # MATLAB eps, the benchmark's KLD regulariser
 
-__all__ = ["cc", "sim", "kld", "nss", "auc_judd", "auc_shuffled", "METRICS", "resize_to"]
+__all__ = ["cc", "sim", "kld", "nss", "auc_judd", "auc_shuffled", "METRICS", "resize_to", "WeightedPsnr",
+           "weighted_psnr", "psnr_from_mse"]
 
 
 def _as_map(x: np.ndarray, name: str) -> np.ndarray:
@@ -189,3 +194,64 @@ METRICS = {
     "auc_judd": (auc_judd, "fixations", True),
     "auc_shuffled": (auc_shuffled, "fixations+other", True),
 }
+
+
+def psnr_from_mse(mse: float, peak: float = 255.0) -> float:
+    """10·log10(peak² / MSE) in dB; ``inf`` for a lossless (MSE 0) result."""
+    return float("inf") if mse <= 0 else 10.0 * float(np.log10(peak * peak / mse))
+
+
+class WeightedPsnr:
+    """Eye-tracking-weighted PSNR (EW-PSNR) of a clip, accumulated one frame at a time.
+
+    ``add(reference, distorted, weights)`` takes one frame (2-D arrays, e.g. luma) and its
+    fixation density (any non-negative map; resized to the frame when its size differs;
+    ``None`` = every pixel alike, which gives plain PSNR). Each frame's weights are
+    normalised to sum 1, so the frame's weighted MSE is Σ w·(ref − dist)² and every frame
+    counts equally; the clip's MSE is the mean over frames, and ``value`` its PSNR (one
+    log over the pooled error, like the usual sequence PSNR of equal-size frames).
+    """
+
+    def __init__(self, peak: float = 255.0):
+        self.peak = float(peak)
+        self._sum = 0.0
+        self.frames = 0
+
+    def add(self, reference: np.ndarray, distorted: np.ndarray, weights: np.ndarray | None = None) -> float:
+        """Add one frame; returns its weighted MSE."""
+        ref = _as_map(reference, "reference")
+        dist = _as_map(distorted, "distorted")
+        if ref.shape != dist.shape:
+            raise ValueError(f"distorted frame shape {dist.shape} differs from the reference's {ref.shape}")
+        se = (ref - dist) ** 2
+        if weights is None:
+            mse = float(se.mean())
+        else:
+            w = resize_to(_density(weights), ref.shape)
+            mse = float((se * w).sum() / w.sum())
+        self._sum += mse
+        self.frames += 1
+        return mse
+
+    @property
+    def mse(self) -> float:
+        if self.frames == 0:
+            raise ValueError("no frames added: nothing to measure")
+        return self._sum / self.frames
+
+    @property
+    def value(self) -> float:
+        return psnr_from_mse(self.mse, self.peak)
+
+
+def weighted_psnr(reference: np.ndarray, distorted: np.ndarray, weights: np.ndarray | None,
+                  peak: float = 255.0) -> float:
+    """EW-PSNR (:class:`WeightedPsnr`) of one frame (H, W) or a clip (T, H, W) with its density (same leading shape)."""
+    ref, dist = np.asarray(reference), np.asarray(distorted)
+    acc = WeightedPsnr(peak)
+    if ref.ndim == 2:
+        acc.add(ref, dist, weights)
+    else:
+        for i in range(ref.shape[0]):
+            acc.add(ref[i], dist[i], None if weights is None else np.asarray(weights)[i])
+    return acc.value

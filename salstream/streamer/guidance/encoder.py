@@ -1,11 +1,11 @@
-"""Saliency-guided H.264: libx264 through PyAV with per-frame regions of interest.
+"""Saliency-guided H.264 (libx264; HEVC with libx265) through PyAV with per-frame regions of interest.
 
 PyAV has no call that attaches side data to a frame, so every frame goes through a
 small filter graph ``buffer → addroi × capacity → buffersink``: each ``addroi``
 appends one placeholder ``AVRegionOfInterest``, and we then overwrite the whole
 array in place with this frame's regions (:func:`salstream.streamer.guidance.roi.regions_to_struct`;
-unused slots become empty rectangles). libx264 reads the array and adds each
-region's offset to its macroblocks' quantiser. libx264 ignores regions when
+unused slots become empty rectangles). libx264 (and libx265, per 16×16 block) reads the
+array and adds each region's offset to its macroblocks' quantiser. libx264 ignores regions when
 adaptive quantisation is off (``preset=ultrafast`` turns it off), so both the
 baseline and the guided encoder run with ``aq-mode=1``: the only difference between
 them is the regions.
@@ -42,13 +42,21 @@ log = logging.getLogger("salstream.encode")
 MB = 16  # H.264 macroblock side
 
 
+CODECS = ("libx264", "libx265")   # FFmpeg encoders that read regions of interest as QP offsets
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
-    """libx264 settings shared by baseline and guided encodes (see the module docstring).
+    """Encoder settings shared by baseline and guided encodes (see the module docstring).
 
-    ``bitrate`` in bits per second; ``preset``/``tune`` as for x264 (``tune=zerolatency``
+    ``codec``: ``libx264`` (H.264) or ``libx265`` (HEVC, when PyAV's FFmpeg has it).
+    ``bitrate`` in bits per second; ``preset``/``tune`` as for x264/x265 (``tune=zerolatency``
     for the lowest encoder delay); ``keyint`` in frames (0 = two seconds);
-    ``vbv_seconds``: VBV buffer length (0 = plain ABR without VBV).
+    ``vbv_seconds``: VBV buffer length (0 = plain ABR without VBV). ``crf``: constant
+    rate factor instead of ABR (``bitrate`` and VBV then unused): a quality target, so a
+    region's offset changes its quality and what it costs, and the total rate follows.
+    ``extra_x264_params``: more ``key=value`` pairs for the codec's own parameter list
+    (x264-params or x265-params).
     """
     bitrate: int = 1_000_000
     preset: str = "veryfast"
@@ -57,18 +65,29 @@ class EncodeSettings:
     vbv_seconds: float = 1.0
     threads: int = 0
     extra_x264_params: str = ""
+    codec: str = "libx264"
+    crf: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.bitrate < 10_000:
             raise SalstreamError(f"--bitrate {self.bitrate}: too low for H.264; use at least 10k (e.g. 500k or 2M)")
         if self.vbv_seconds < 0:
             raise SalstreamError(f"VBV buffer {self.vbv_seconds} s: must be ≥ 0")
+        if self.codec not in CODECS:
+            raise SalstreamError(f"codec {self.codec!r}: choose one of {', '.join(CODECS)}")
+        if self.codec not in av.codecs_available:
+            raise SalstreamError(f"codec {self.codec}: this PyAV's FFmpeg has no such encoder; use libx264")
+        if self.crf is not None and not 0 <= self.crf <= 51:
+            raise SalstreamError(f"CRF {self.crf}: must be within 0…51 (lower = better quality, e.g. 23)")
 
     def x264_params(self) -> str:
+        """The codec's parameter list (x264-params, or x265-params for libx265)."""
         kbps = max(1, self.bitrate // 1000)
         params = ["aq-mode=1"]  # regions are ignored without adaptive quantisation
-        if self.vbv_seconds > 0:
+        if self.vbv_seconds > 0 and self.crf is None:
             params += [f"vbv-maxrate={kbps}", f"vbv-bufsize={max(1, int(kbps * self.vbv_seconds))}"]
+        if self.codec == "libx265":
+            params.append("log-level=error")
         if self.extra_x264_params:
             params.append(self.extra_x264_params)
         return ":".join(params)
@@ -218,14 +237,17 @@ class GuidedEncoder:
             raise SalstreamError(f"--out {out}: cannot open for writing ({exc}); use a writable path ending "
                                  "in .mp4 or .mkv") from None
         s = self.settings
-        self._stream = self._container.add_stream("libx264", rate=rate)
+        self._stream = self._container.add_stream(s.codec, rate=rate)
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.bit_rate = s.bitrate
+        if s.crf is None:
+            self._stream.bit_rate = s.bitrate
         self._stream.time_base = self.time_base
         self._stream.codec_context.time_base = self.time_base
         self._stream.gop_size = s.keyint or max(1, int(round(2 * fps)))
-        opts = {"preset": s.preset, "x264-params": s.x264_params()}
+        opts = {"preset": s.preset, ("x265-params" if s.codec == "libx265" else "x264-params"): s.x264_params()}
+        if s.crf is not None:
+            opts["crf"] = f"{s.crf:g}"
         if s.tune:
             opts["tune"] = s.tune
         if s.threads:
@@ -250,7 +272,10 @@ class GuidedEncoder:
         self._last_pts = ticks
         return ticks
 
-    def write(self, image: np.ndarray, saliency: Optional[np.ndarray] = None, pts: Optional[float] = None) -> None:
+    def write(self, image: np.ndarray, saliency: Optional[np.ndarray] = None, pts: Optional[float] = None, *,
+              qp_map: Optional[QpMap] = None) -> None:
+        """Encode one frame. ``qp_map``: offsets made elsewhere (e.g. received on ``roi/<stream>``),
+        applied as they are instead of mapping ``saliency`` (no second smoothing)."""
         if self._closed:
             raise RuntimeError("encoder is closed")
         if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
@@ -261,11 +286,14 @@ class GuidedEncoder:
         frame.time_base = self.time_base
         if self.guided:
             assert self.mapper is not None and self._tagger is not None
-            if saliency is not None:
+            if qp_map is not None:
+                qp_map = qp_map.fit(self.width, self.height)
+                self._regions = qp_map.regions(self.mapper.config.quant_step, self._tagger.capacity)
+            elif saliency is not None:
                 qp_map = self.mapper.update(saliency, None if pts is None else float(pts))
                 self._regions = self.mapper.regions(qp_map)
-                if self.on_qp_map is not None:
-                    self.on_qp_map(self.stats.frames, float(frame.pts * self.time_base), qp_map, self._regions)
+            if qp_map is not None and self.on_qp_map is not None:
+                self.on_qp_map(self.stats.frames, float(frame.pts * self.time_base), qp_map, self._regions)
             frame = self._tagger.tag(frame, self._regions)
             if self._regions:
                 self.stats.guided_frames += 1

@@ -3,20 +3,22 @@
 :func:`measure_region_quality` decodes an encoded file and reports PSNR inside vs outside
 the salient region, saliency-weighted PSNR, the decoded macroblock QPs and an estimate of
 the share of bits spent on the salient region (:class:`RegionQuality`);
-:func:`encode_matched` encodes at a given file size so two encodes compare at equal rate.
+:func:`encode_matched` encodes at a given file size so two encodes compare at equal rate;
+:func:`bd_rate` / :func:`bd_quality` compare two rate–distortion curves (Bjøntegaard deltas).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
 from salstream.diffsal.maps import normalize_map, resize_map
+from salstream.diffsal.metrics import WeightedPsnr, psnr_from_mse
 from salstream.errors import SalstreamError
 from salstream.streamer.guidance.encoder import (
     MB,
@@ -32,7 +34,9 @@ class RegionQuality:
     """Quality of one encode inside vs outside the salient region (luma, pooled over the clip).
 
     PSNRs pool the squared error over all frames before the log (one MSE per region).
-    ``weighted_psnr`` weights each pixel's squared error by the saliency map.
+    ``weighted_psnr`` weights each pixel's squared error by the reference's map, each
+    frame's weights summing to 1 (:class:`salstream.diffsal.metrics.WeightedPsnr`; with the
+    ground-truth fixation density as the map this is EW-PSNR).
     ``qp_inside``/``qp_outside``: mean decoded macroblock QP of the intra frames (exact,
     from the bitstream; in inter frames skipped macroblocks carry no QP of their own).
     ``bit_share_inside_est``: estimated share of the coded bits spent on salient
@@ -62,10 +66,6 @@ class RegionQuality:
         d.pop("per_frame")
         # Strict JSON: an empty region (NaN) or a lossless one (inf) has no PSNR to report.
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
-
-
-def _psnr(mse: float) -> float:
-    return float("inf") if mse <= 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))
 
 
 def rgb_to_luma(image: np.ndarray) -> np.ndarray:
@@ -111,7 +111,8 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
         for pkt in demux.demux(demux.streams.video[0]):
             if pkt.size and pkt.pts is not None:
                 sizes[int(pkt.pts)] = sizes.get(int(pkt.pts), 0) + pkt.size
-    acc = {"in": [0.0, 0], "out": [0.0, 0], "all": [0.0, 0], "w": [0.0, 0.0],
+    weighted = WeightedPsnr()
+    acc = {"in": [0.0, 0], "out": [0.0, 0], "all": [0.0, 0],
            "qp_in": [0.0, 0], "qp_out": [0.0, 0], "bits_in": 0.0, "bits_all": 0.0}
     per_frame: list[dict[str, float]] = []
     area_in = area_all = 0
@@ -138,11 +139,12 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
             _add(acc, "in", s_in, c_in)
             _add(acc, "out", s_all - s_in, se.size - c_in)
             _add(acc, "all", s_all, se.size)
-            _add(acc, "w", float((se * weights).sum()), float(weights.sum()))
+            if weights.max() > 0:
+                weighted.add(ref_y, dec_y, weights)
             area_in += c_in
             area_all += se.size
-            rec: dict[str, float] = {"index": n, "psnr_inside": _psnr(s_in / max(c_in, 1)),
-                                     "psnr_outside": _psnr((s_all - s_in) / max(se.size - c_in, 1))}
+            rec: dict[str, float] = {"index": n, "psnr_inside": psnr_from_mse(s_in / max(c_in, 1)),
+                                     "psnr_outside": psnr_from_mse((s_all - s_in) / max(se.size - c_in, 1))}
             encp = frame.side_data.get(SideDataType.VIDEO_ENC_PARAMS)
             if encp is not None:
                 qp = encp.qp_map().astype(np.float32)
@@ -178,10 +180,10 @@ def measure_region_quality(encoded: Union[str, os.PathLike], reference: Iterable
     return RegionQuality(
         frames=n, file_bytes=path.stat().st_size, video_bytes=video_bytes,
         bitrate=8.0 * video_bytes / seconds if seconds else 0.0,
-        psnr=_psnr(acc["all"][0] / acc["all"][1]),
-        psnr_inside=_psnr(acc["in"][0] / acc["in"][1]) if acc["in"][1] else float("nan"),
-        psnr_outside=_psnr(acc["out"][0] / acc["out"][1]) if acc["out"][1] else float("nan"),
-        weighted_psnr=_psnr(acc["w"][0] / max(acc["w"][1], 1e-9)),
+        psnr=psnr_from_mse(acc["all"][0] / acc["all"][1]),
+        psnr_inside=psnr_from_mse(acc["in"][0] / acc["in"][1]) if acc["in"][1] else float("nan"),
+        psnr_outside=psnr_from_mse(acc["out"][0] / acc["out"][1]) if acc["out"][1] else float("nan"),
+        weighted_psnr=weighted.value if weighted.frames else float("nan"),
         qp_inside=acc["qp_in"][0] / max(acc["qp_in"][1], 1),
         qp_outside=acc["qp_out"][0] / max(acc["qp_out"][1], 1),
         bit_share_inside_est=acc["bits_in"] / acc["bits_all"] if acc["bits_all"] else float("nan"),
@@ -237,3 +239,58 @@ def encode_matched(out: Union[str, os.PathLike], frames: Callable[[], Iterable[t
     return best[1], best[2]
 
 
+
+
+def _curve(rates: Sequence[float], quality: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 rate, quality) of one RD curve, sorted by rate; refuses curves BD-rate cannot use."""
+    r = np.asarray(rates, np.float64)
+    q = np.asarray(quality, np.float64)
+    if r.shape != q.shape or r.ndim != 1 or r.size < 4:
+        raise ValueError(f"{name}: BD-rate needs at least 4 (rate, quality) points of equal count, got "
+                         f"{r.size} rates and {q.size} qualities")
+    if np.any(r <= 0) or not np.all(np.isfinite(q)):
+        raise ValueError(f"{name}: rates must be positive and qualities finite")
+    order = np.argsort(r)
+    r, q = r[order], q[order]
+    if np.any(np.diff(q) <= 0):
+        raise ValueError(f"{name}: quality does not rise with the rate ({np.round(q, 3).tolist()}); "
+                         "an RD curve must be monotonic (more frames or wider-spaced rates help)")
+    return np.log10(r), q
+
+
+def bd_rate(rates_a: Sequence[float], quality_a: Sequence[float], rates_b: Sequence[float],
+            quality_b: Sequence[float]) -> float:
+    """Bjøntegaard delta rate of curve B against curve A, in percent.
+
+    The average rate difference at equal quality over the quality range both curves
+    cover: log10 rate as a piecewise cubic (PCHIP, monotone, no overshoot; what current
+    BD-rate tools use instead of the original cubic fit) of quality, each integrated over
+    the common range; ``10^(mean difference) − 1``. Negative: B needs fewer bits.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    la, qa = _curve(rates_a, quality_a, "curve A")
+    lb, qb = _curve(rates_b, quality_b, "curve B")
+    lo, hi = max(qa[0], qb[0]), min(qa[-1], qb[-1])
+    if hi <= lo:
+        raise ValueError(f"the curves share no quality range (A {qa[0]:.2f}…{qa[-1]:.2f}, "
+                         f"B {qb[0]:.2f}…{qb[-1]:.2f}); pick rates that overlap")
+    ia = PchipInterpolator(qa, la).integrate(lo, hi)
+    ib = PchipInterpolator(qb, lb).integrate(lo, hi)
+    return float((10.0 ** ((ib - ia) / (hi - lo)) - 1.0) * 100.0)
+
+
+def bd_quality(rates_a: Sequence[float], quality_a: Sequence[float], rates_b: Sequence[float],
+               quality_b: Sequence[float]) -> float:
+    """Bjøntegaard delta quality (e.g. BD-PSNR, dB) of B against A: mean quality difference at equal rate
+    over the common log-rate range (PCHIP of quality over log10 rate). Negative: B is worse."""
+    from scipy.interpolate import PchipInterpolator
+
+    la, qa = _curve(rates_a, quality_a, "curve A")
+    lb, qb = _curve(rates_b, quality_b, "curve B")
+    lo, hi = max(la[0], lb[0]), min(la[-1], lb[-1])
+    if hi <= lo:
+        raise ValueError("the curves share no rate range; pick rates that overlap")
+    ia = PchipInterpolator(la, qa).integrate(lo, hi)
+    ib = PchipInterpolator(lb, qb).integrate(lo, hi)
+    return float((ib - ia) / (hi - lo))

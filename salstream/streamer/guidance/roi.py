@@ -138,6 +138,23 @@ class QpMap:
         """The QP map of a received ``roi/<stream>`` message."""
         return cls(msg.offsets, msg.block_size, msg.frame_size[1], msg.frame_size[0])
 
+    def fit(self, width: int, height: int) -> "QpMap":
+        """These offsets for a ``width``×``height`` frame.
+
+        Blocks are anchored at the top-left corner, so an encoder that cropped an odd
+        size by one pixel keeps the same blocks (the grid is cut); any other size (e.g.
+        a scaled frame preview) gets the offsets resampled and pooled onto its own grid.
+        """
+        width, height = int(width), int(height)
+        if (width, height) == (self.width, self.height):
+            return self
+        b = self.block_size
+        rows, cols = -(-height // b), -(-width // b)
+        if 0 <= self.width - width <= 1 and 0 <= self.height - height <= 1:
+            return QpMap(self.offsets[:rows, :cols].copy(), b, width, height)
+        pixels = resize_map(self.per_pixel(), (height, width))
+        return QpMap(block_pool(pixels, rows, cols, b).astype(np.float32), b, width, height)
+
     def per_pixel(self) -> np.ndarray:
         """(height, width) float32 offsets, each block's value over its pixels (for overlays)."""
         b = self.block_size
@@ -196,6 +213,17 @@ class QpMap:
                 for r0, r1, c0, c1, v in done]
 
 
+def block_pool(values: np.ndarray, rows: int, cols: int, block: int, how: str = "mean") -> np.ndarray:
+    """(rows, cols) mean (or max) of a frame-sized array over each block; partial last blocks are
+    padded with edge values, not diluted by zeros."""
+    h, w = values.shape
+    ph, pw = rows * block, cols * block
+    if (ph, pw) != (h, w):
+        values = np.pad(values, ((0, ph - h), (0, pw - w)), mode="edge")
+    blocks = values.reshape(rows, block, cols, block)
+    return blocks.max(axis=(1, 3)) if how == "max" else blocks.mean(axis=(1, 3))
+
+
 def regions_to_struct(regions: Sequence[Region], capacity: Optional[int] = None) -> np.ndarray:
     """The regions as the packed ``AVRegionOfInterest`` array FFmpeg reads from frame side data.
 
@@ -240,14 +268,9 @@ class QpMapper:
         if not np.all(np.isfinite(m)):
             raise SalstreamError("saliency map contains NaN or infinity; check the engine output")
         m = normalize_map(m, "peak") if self.config.normalize else np.clip(m, 0.0, 1.0)
-        b = self.config.block_size
-        # Resample the map onto the padded frame grid, then pool each block exactly.
-        pw, ph = self.cols * b, self.rows * b
+        # Resample the map onto the frame, then pool each block exactly.
         m = resize_map(m, (self.height, self.width))
-        if (ph, pw) != m.shape:
-            m = np.pad(m, ((0, ph - self.height), (0, pw - self.width)), mode="edge")
-        blocks = m.reshape(self.rows, b, self.cols, b)
-        pooled = blocks.max(axis=(1, 3)) if self.config.pooling == "max" else blocks.mean(axis=(1, 3))
+        pooled = block_pool(m, self.rows, self.cols, self.config.block_size, self.config.pooling)
         return np.clip(pooled, 0.0, 1.0).astype(np.float32)
 
     def target(self, saliency: np.ndarray) -> np.ndarray:
@@ -289,7 +312,7 @@ class RoiPublisher:
 
     def __init__(self, publisher: Any, width: int, height: int, config: Optional[RoiConfig] = None):
         self.publisher = publisher
-        self.width, self.height = int(width), int(height)
+        self.width, self.height = int(width), int(height)   # frame size when a call gives none
         self.config = config or RoiConfig()
         self._mappers: dict[str, QpMapper] = {}   # smoothing state is per stream
         self._seq: dict[str, int] = {}
@@ -314,15 +337,27 @@ class RoiPublisher:
         return False
 
     def publish_saliency(self, stream: str, saliency: np.ndarray, frame_index: int, pts: float,
-                         capture_time: float) -> tuple[QpMap, list[Region]]:
-        """Map a published saliency map (e.g. from the pipeline's per-map hook) and send its ROI message."""
+                         capture_time: float, frame_size: Optional[tuple[int, int]] = None
+                         ) -> tuple[QpMap, list[Region]]:
+        """Map a published saliency map (e.g. from the pipeline's per-map hook) and send its ROI message.
+
+        ``frame_size``: (height, width) of the stream's frames (default: the size given at
+        construction); a stream whose size changes starts its smoothing over.
+        """
+        h, w = frame_size if frame_size is not None else (self.height, self.width)
         mapper = self._mappers.get(stream)
-        if mapper is None:
-            mapper = self._mappers[stream] = QpMapper(self.width, self.height, self.config)
+        if mapper is None or (mapper.height, mapper.width) != (int(h), int(w)):
+            mapper = self._mappers[stream] = QpMapper(int(w), int(h), self.config)
         qp_map = mapper.update(saliency, pts)
         regions = mapper.regions(qp_map)
         self.publish(stream, qp_map, regions, frame_index, pts, capture_time)
         return qp_map, regions
+
+    def reset(self, stream: str) -> None:
+        """Forget a stream's smoothing state (after a source outage)."""
+        mapper = self._mappers.get(stream)
+        if mapper is not None:
+            mapper.reset()
 
     def _send(self, parts: list[bytes]) -> bool:
         if self.closed:
@@ -333,3 +368,43 @@ class RoiPublisher:
             # The map publisher was closed (its session ended): later messages have nowhere to go.
             self.closed = True
             return False
+
+
+class RoiFeed:
+    """Pipeline consumer (``salstream run --roi``): every published map also goes out as ``roi/<stream>``.
+
+    The QP offsets are those ``salstream encode`` applies (the same :class:`QpMapper`),
+    for the stream's source frame size (the map header's ``source_shape``), smoothed over
+    time per stream; the first map after a source outage starts the smoothing over. It
+    runs in the scheduler's thread right after the map is sent, and never blocks.
+    """
+
+    name = "roi"
+
+    def __init__(self, config: Optional[RoiConfig] = None):
+        self.config = config or RoiConfig()
+        self.publisher: Optional[RoiPublisher] = None
+
+    def start(self, sources: Sequence[Any], publisher: Any) -> None:
+        self.publisher = RoiPublisher(publisher, 0, 0, self.config)
+
+    def on_unit(self, unit: Any) -> None:
+        pass
+
+    def on_map(self, header: Any, saliency: np.ndarray) -> None:
+        if self.publisher is None:
+            return
+        if header.flags.get("gap"):
+            self.publisher.reset(header.stream)
+        h, w = header.source_shape or np.shape(saliency)
+        self.publisher.publish_saliency(header.stream, saliency, header.frame_index, header.pts,
+                                        header.capture_time, frame_size=(int(h), int(w)))
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+    def summary(self) -> list[str]:
+        if self.publisher is None:
+            return []
+        p = self.publisher
+        return [f"roi: {p.sent} roi/<stream> messages sent" + (f", {p.send_dropped} refused" if p.send_dropped else "")]
