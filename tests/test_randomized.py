@@ -243,3 +243,20 @@ def test_eval_cli_scores_the_three_splits_with_references(tmp_path, capsys):
     from PIL import Image
     with Image.open(out / "cc.png") as im:
         assert im.size[0] > 300
+
+
+def test_training_data_is_in_style_only_with_some_offscreen_clips():
+    import argparse
+
+    from salstream.diffsal.datasets.randomized import OFFSCREEN_EVERY, training_clip
+    from salstream.diffsal.train import load_training_data
+    args = argparse.Namespace(data="cross-style", train_clips=10, val_clips=2, clip_frames=30, no_progress=True)
+    train, val = load_training_data(args)
+    assert len(train) == 10 and len(val) == 2
+    assert all(v.clip.style == "in" and v.n_frames == 30 for v in train + val)
+    assert sum(v.clip.offscreen for v in train) == 10 // OFFSCREEN_EVERY
+    seeds = {v.clip.seed for v in train} | {v.clip.seed for v in val}
+    eval_seeds = {cross_style_clip(s, k).seed for s in CROSS_STYLE_SEEDS for k in range(10)}
+    assert len(seeds) == 12 and not seeds & eval_seeds
+    with pytest.raises(ValueError, match="unknown training split"):
+        training_clip("test", 0)

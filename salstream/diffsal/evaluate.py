@@ -372,7 +372,7 @@ def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: i
         vids = load_videos(root, split, datasets=["Synthetic"])
         return {"Synthetic": vids["Synthetic"][:n_clips]}
     if not Path(data).is_dir():
-        raise SalstreamError(f"--data {data!r}: not 'synthetic', not 'cross-style' and not a directory")
+        raise SalstreamError(f"--data {data!r}: not 'synthetic' and not a directory (choose 'synthetic', 'cross-style' or a dataset directory)")
     return load_videos(data, split, fold)
 
 

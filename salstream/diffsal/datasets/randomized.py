@@ -71,6 +71,10 @@ CROSS_STYLE_SEEDS: dict[str, tuple[int, str, bool]] = {
     "held-out-style": (11_000_000, "held-out", False),
     "off-screen": (12_000_000, "held-out", True),
 }
+# Training splits: in-style families only (held-out families are never trained on); every
+# OFFSCREEN_EVERY-th clip has its sound off screen, so a model learns to fall back on video.
+TRAIN_SEEDS: dict[str, int] = {"train": 13_000_000, "val": 14_000_000}
+OFFSCREEN_EVERY = 5
 SPLIT_SPAN = 1_000_000
 
 SYNC_GAP = 0.15              # s: no distractor event this close to a sound onset
@@ -88,6 +92,16 @@ def cross_style_clip(split: str, index: int, **kwargs) -> "RandomizedClip":
         raise ValueError(f"clip index must be in 0…{SPLIT_SPAN - 1}, got {index}")
     first, style, offscreen = CROSS_STYLE_SEEDS[split]
     return RandomizedClip(first + index, style=style, offscreen=offscreen, **kwargs)
+
+
+def training_clip(split: str, index: int, **kwargs) -> "RandomizedClip":
+    """Clip ``index`` of training split ``split`` (``train``/``val``): in-style families only."""
+    if split not in TRAIN_SEEDS:
+        raise ValueError(f"unknown training split {split!r}; choose one of {', '.join(TRAIN_SEEDS)}")
+    if not 0 <= index < SPLIT_SPAN:
+        raise ValueError(f"clip index must be in 0…{SPLIT_SPAN - 1}, got {index}")
+    offscreen = index % OFFSCREEN_EVERY == OFFSCREEN_EVERY - 1
+    return RandomizedClip(TRAIN_SEEDS[split] + index, style="in", offscreen=offscreen, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -451,7 +465,8 @@ class RandomizedClip:
 
     def density(self, i: int) -> np.ndarray:
         t = self._check_frame(i) / self.fps
-        return mixture_density(self._centre, self._xx, self._yy, self._blobs(t, video_only=False), partly_outside=True)
+        return mixture_density(self._centre, self._xx, self._yy, self._blobs(t, video_only=False),
+                               partly_outside=True)
 
     def fixations(self, i: int) -> np.ndarray:
         return sample_fixations(self.density(i), self.seed, int(i), self.n_observers)
