@@ -410,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     from salstream.diffsal.checkpoint import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clips < 1 or args.frames < 1:
+        raise SalstreamError(f"--clips ({args.clips}) and --frames ({args.frames}) must be at least 1")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -420,8 +422,6 @@ def run(args: argparse.Namespace) -> int:
         raise SalstreamError(f"--checkpoint {ckpt}: no such file; train one with `salstream train` "
                              "or pass the path of an existing .safetensors checkpoint")
     model = load_model(ckpt)
-    if args.clips < 1 or args.frames < 1:
-        raise SalstreamError(f"--clips ({args.clips}) and --frames ({args.frames}) must be at least 1")
     data = resolve_data(args.data, args.split, args.clips, args.fold, n_frames=args.frames, cache_root=args.data_root)
     result = evaluate(model, data, modes, steps=args.steps, frame_step=args.frame_step,
                       max_windows=args.max_windows, seed=args.seed)
