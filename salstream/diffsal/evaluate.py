@@ -9,15 +9,24 @@ exactly like the live cache. Scores are averaged per video, then over videos (sp
 Modes: ``av`` (audio + video), ``video`` (audio features withheld), ``audio`` (video
 features withheld). ``centre`` is a fixed anisotropic Gaussian at the image centre
 (σ = ¼ of width and height), the usual "centre bias" baseline; it needs no model.
+Generated datasets add their own references computed from the ground truth
+(:meth:`Video.references`), e.g. ``equal-blob``: the centre bias plus an equal blob on
+every moving object, the best a model that ignores the sound can do.
+
+``--data cross-style`` scores domain-randomised clips (:mod:`diffsal.datasets.randomized`)
+in three splits: ``in-style`` (style families a model may be trained on),
+``held-out-style`` (families never trained on) and ``off-screen`` (held-out styles, the
+sound comes from no visible object: the map should fall back to video saliency).
 
 Outputs in ``--out``: ``metrics.json`` (everything, with per-video scores),
-``metrics.md`` (a table), ``metrics.png`` (bar chart), ``examples.png`` (frames with
-ground truth and each mode's map).
+``metrics.md`` (tables), ``metrics.png`` (bar chart), ``cc.png`` (CC of every mode and
+reference per dataset), ``examples.png`` (frames with ground truth and each mode's map).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -155,6 +164,7 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
     result: dict[str, Any] = {"profile": cfg.profile, "steps": steps if steps is not None else cfg.default_steps,
                               "frame_step": frame_step, "seed": seed, "datasets": {}}
     examples: list[dict] = []
+    per_ds_examples = max(1, math.ceil(n_examples / max(1, len(datasets)))) if n_examples > 0 else 0
     t_start = time.perf_counter()
     bar = None
     if progress:
@@ -165,6 +175,7 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
         rng = np.random.default_rng(seed)
         per_video: dict[str, dict[str, dict[str, float]]] = {}
         ds_modes = [m for m in modes if m == "video" or all(v.has_audio for v in videos)]
+        ds_examples = 0
         for vi, video in enumerate(videos):
             src = WindowSource(video, cfg)
             cache = VideoFeatures(runner, src, batch) if cfg.per_frame_video else None
@@ -191,7 +202,10 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
                     for mode in ds_modes:
                         rows[mode].append(frame_scores(preds[mode][k], dens[k], fixs[k], others[k], seed))
                     rows[BASELINE].append(frame_scores(centre_prior(dens[k].shape), dens[k], fixs[k], others[k], seed))
-                if len(examples) < n_examples and b0 == 0:
+                    for name, ref in video.references(tb[k]).items():
+                        rows.setdefault(name, []).append(frame_scores(ref, dens[k], fixs[k], others[k], seed))
+                if ds_examples < per_ds_examples and b0 == 0:
+                    ds_examples += 1
                     examples.append({"dataset": ds_name, "video": video.name, "frame": tb[0],
                                      "image": video.frame(tb[0]), "gt": dens[0],
                                      "preds": {m: preds[m][0] for m in ds_modes}})
@@ -199,7 +213,7 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
                     bar.update(len(tb))
             per_video[video.name] = {m: _mean_dicts(r) for m, r in rows.items() if r}
         summary = {}
-        for m in (*ds_modes, BASELINE):
+        for m in dict.fromkeys(m for pv in per_video.values() for m in pv):   # modes, centre, references
             vals = [pv[m] for pv in per_video.values() if m in pv]
             if vals:
                 summary[m] = _mean_dicts(vals)
@@ -212,6 +226,28 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
 
 
 # --------------------------------------------------------------------------- report
+def is_reference(name: str) -> bool:
+    """A row computed from the ground truth (centre prior or a dataset's reference), not by the model."""
+    return name not in MODES
+
+
+def label(name: str) -> str:
+    return "centre prior" if name == BASELINE else (f"{name} (reference)" if is_reference(name) else name)
+
+
+def cc_table(result: dict) -> str:
+    """CC of every mode and reference, one row per dataset (the cross-style summary)."""
+    cols = list(dict.fromkeys(m for d in result["datasets"].values() for m in d["modes"]))
+    lines = ["| dataset (CC) | " + " | ".join(label(c) for c in cols) + " | AV − video |",
+             "|" + "---|" * (len(cols) + 2)]
+    for ds, d in result["datasets"].items():
+        m = d["modes"]
+        cells = [f"{m[c]['cc']:.3f}" if c in m else "—" for c in cols]
+        gap = f"{m['av']['cc'] - m['video']['cc']:+.3f}" if "av" in m and "video" in m else "—"
+        lines.append(f"| {ds} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(result: dict) -> str:
     lines = []
     head = "| dataset | mode | " + " | ".join(n.upper().replace("_", "-") for n in METRIC_NAMES) + " |"
@@ -219,10 +255,12 @@ def markdown_table(result: dict) -> str:
     for ds, d in result["datasets"].items():
         for mode, vals in d["modes"].items():
             cells = [f"{vals[n]:.3f}" if n in vals else "—" for n in METRIC_NAMES]
-            label = "centre prior" if mode == BASELINE else mode
-            lines.append(f"| {ds} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {ds} | {label(mode)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("KLD: lower is better; all others: higher is better.")
+    if len(result["datasets"]) > 1 or any(is_reference(m) and m != BASELINE
+                                          for d in result["datasets"].values() for m in d["modes"]):
+        lines += ["", cc_table(result).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -239,12 +277,39 @@ def bar_chart(result: dict, path: Path) -> None:
         for c, metric in enumerate(METRIC_NAMES):
             ax = axes[r][c]
             vals = [modes[m].get(metric, np.nan) for m in names]
-            colors = ["#888888" if m == BASELINE else f"C{i}" for i, m in enumerate(names)]
+            colors = ["#888888" if is_reference(m) else f"C{i}" for i, m in enumerate(names)]
             ax.bar(range(len(names)), vals, color=colors)
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
             ax.set_title(f"{ds}: {metric.upper().replace('_', '-')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def cc_chart(result: dict, path: Path) -> None:
+    """Grouped bars: CC of each mode (colour) and reference (grey shades) per dataset."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dsets = list(result["datasets"])
+    cols = list(dict.fromkeys(m for d in result["datasets"].values() for m in d["modes"]))
+    width = 0.8 / max(1, len(cols))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.9 * len(dsets) + 1.5), 3.4))
+    greys = iter(("#555555", "#999999", "#cccccc", "#777777"))
+    for j, c in enumerate(cols):
+        vals = [result["datasets"][ds]["modes"].get(c, {}).get("cc", np.nan) for ds in dsets]
+        color = next(greys, "#aaaaaa") if is_reference(c) else f"C{MODES.index(c)}"
+        bars = ax.bar(np.arange(len(dsets)) + (j - (len(cols) - 1) / 2) * width, vals, width, label=label(c),
+                      color=color)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(dsets)), dsets)
+    ax.set_ylabel("CC (higher is better)")
+    ax.set_ylim(min(0.0, np.nanmin([d["modes"][c]["cc"] for d in result["datasets"].values() for c in d["modes"]])),
+                1.05)
+    ax.legend(fontsize=7, ncols=min(len(cols), 3), loc="upper right")
+    ax.set_title(f"{result.get('checkpoint', 'model')}: CC per dataset", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -278,10 +343,11 @@ def write_report(result: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     examples = result.pop("_examples", [])
     paths = {"json": out / "metrics.json", "md": out / "metrics.md", "chart": out / "metrics.png",
-             "examples": out / "examples.png"}
+             "cc": out / "cc.png", "examples": out / "examples.png"}
     paths["json"].write_text(json.dumps(result, indent=1, sort_keys=True))
     paths["md"].write_text(markdown_table(result))
     bar_chart(result, paths["chart"])
+    cc_chart(result, paths["cc"])
     example_grid(examples, paths["examples"])
     return paths
 
@@ -293,16 +359,21 @@ def default_data_root() -> Path:
 
 def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: int = 150,
                  cache_root: Optional[Path] = None) -> dict[str, list[Video]]:
-    """``synthetic`` (written on first use under the data cache) or a dataset directory."""
-    from salstream.diffsal.datasets.layout import load_videos
+    """``synthetic`` (written on first use under the data cache), ``cross-style`` (rendered in
+    memory: ``n_clips`` per split, ``split`` unused) or a dataset directory."""
+    from salstream.diffsal.datasets.layout import ClipVideo, load_videos
     from salstream.diffsal.datasets.synthetic import synthetic_root, write_synthetic
+    if data == "cross-style":
+        from salstream.diffsal.datasets.randomized import CROSS_STYLE_SEEDS, cross_style_clip
+        return {s: [ClipVideo(cross_style_clip(s, k, n_frames=n_frames), s, f"{s}_{k:04d}") for k in range(n_clips)]
+                for s in CROSS_STYLE_SEEDS}
     if data == "synthetic":
         root = synthetic_root(cache_root or default_data_root(), n_frames=n_frames)
         write_synthetic(root, {split: n_clips}, n_frames=n_frames, progress=True)
         vids = load_videos(root, split, datasets=["Synthetic"])
         return {"Synthetic": vids["Synthetic"][:n_clips]}
     if not Path(data).is_dir():
-        raise SalstreamError(f"--data {data!r}: not 'synthetic' and not a directory")
+        raise SalstreamError(f"--data {data!r}: not 'synthetic' and not a directory (choose 'synthetic', 'cross-style' or a dataset directory)")
     return load_videos(data, split, fold)
 
 
@@ -311,10 +382,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None,
                    help="salstream .safetensors checkpoint (default: the bundled lite model)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
-    p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test)")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the benchmark), 'cross-style' (domain-randomised clips: in-style, "
+                   "held-out-style and off-screen splits, with an equal-blob reference) or a dataset directory "
+                   "(AV or DHF1K layout)")
+    p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test; "
+                   "cross-style scores all three of its splits)")
     p.add_argument("--fold", type=number(int, 1, 3), default=1, help="AV datasets: fold 1-3")
-    p.add_argument("--clips", type=COUNT, default=40, help="synthetic: number of clips (default 40)")
+    p.add_argument("--clips", type=COUNT, default=40, help="synthetic: number of clips; cross-style: clips per "
+                   "split (default 40)")
+    p.add_argument("--frames", type=number(int, 1, 100_000), default=150, help="synthetic and cross-style: frames per clip at 30 fps "
+                   "(default 150)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of av,video,audio")
     p.add_argument("--steps", type=number(int, 1, 1000), default=None, help="DDIM steps (default: the profile's)")
     p.add_argument("--frame-step", type=number(int, 1, 10_000), default=6, help="score every N-th frame (default 6: even, so lite's "
@@ -333,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
     from salstream.diffsal.checkpoint import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clips < 1 or args.frames < 1:
+        raise SalstreamError(f"--clips ({args.clips}) and --frames ({args.frames}) must be at least 1")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -343,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         raise SalstreamError(f"--checkpoint {ckpt}: no such file; train one with `salstream train` "
                              "or pass the path of an existing .safetensors checkpoint")
     model = load_model(ckpt)
-    data = resolve_data(args.data, args.split, args.clips, args.fold, cache_root=args.data_root)
+    data = resolve_data(args.data, args.split, args.clips, args.fold, n_frames=args.frames, cache_root=args.data_root)
     result = evaluate(model, data, modes, steps=args.steps, frame_step=args.frame_step,
                       max_windows=args.max_windows, seed=args.seed)
     result["checkpoint"] = ckpt.name

@@ -487,7 +487,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a profile (x0 diffusion objective, modality dropout)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="lite", help="model profile: lite or full (default lite)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory (AV or DHF1K layout)")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the benchmark), 'cross-style' (domain-randomised clips of the in-style "
+                   "families, rendered in memory; see salstream eval --data cross-style) or a dataset directory "
+                   "(AV or DHF1K layout)")
     p.add_argument("--fold", type=number(int, 1, 3), default=1, help="AV datasets: fold 1-3")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -507,9 +510,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--target-stride", type=number(int, 1, 10_000), default=TrainOptions.target_stride,
                    help="one training window every N frames of each clip")
     p.add_argument("--max-steps-per-epoch", type=COUNT, default=None)
-    p.add_argument("--train-clips", type=number(int, 1, 100_000), default=120, help="synthetic: training clips")
-    p.add_argument("--val-clips", type=number(int, 0, 100_000), default=8, help="synthetic: validation clips")
-    p.add_argument("--clip-frames", type=number(int, 1, 100_000), default=150, help="synthetic: frames per clip")
+    p.add_argument("--train-clips", type=number(int, 1, 100_000), default=120, help="synthetic, cross-style: training clips")
+    p.add_argument("--val-clips", type=number(int, 0, 100_000), default=8, help="synthetic, cross-style: validation clips")
+    p.add_argument("--clip-frames", type=number(int, 1, 100_000), default=150, help="synthetic, cross-style: frames per clip")
     p.add_argument("--val-windows", type=number(int, 0, 1_000_000), default=TrainOptions.val_windows,
                    help="validation windows scored after each epoch (0: none)")
     p.add_argument("--data-root", type=Path, default=None,
@@ -525,6 +528,11 @@ def load_training_data(args) -> tuple[list[Video], list[Video]]:
     from salstream.diffsal.datasets.layout import load_videos
     from salstream.diffsal.datasets.synthetic import synthetic_root, write_synthetic
     from salstream.diffsal.evaluate import default_data_root
+    if args.data == "cross-style":   # domain-randomised, in-style families, rendered in memory
+        from salstream.diffsal.datasets.layout import ClipVideo
+        from salstream.diffsal.datasets.randomized import training_clip
+        return tuple([ClipVideo(training_clip(split, k, n_frames=args.clip_frames), "cross-style", f"{split}_{k:04d}")
+                      for k in range(n)] for split, n in (("train", args.train_clips), ("val", args.val_clips)))
     if args.data == "synthetic":
         root = synthetic_root(args.data_root or default_data_root(), n_frames=args.clip_frames)
         write_synthetic(root, {"train": args.train_clips, "val": args.val_clips}, n_frames=args.clip_frames,
@@ -533,7 +541,7 @@ def load_training_data(args) -> tuple[list[Video], list[Video]]:
         va = load_videos(root, "val", datasets=["Synthetic"])["Synthetic"][:args.val_clips] if args.val_clips else []
         return tr, va
     if not Path(args.data).is_dir():
-        raise SalstreamError(f"--data {args.data!r}: not 'synthetic' and not a directory")
+        raise SalstreamError(f"--data {args.data!r}: not 'synthetic' and not a directory (choose 'synthetic', 'cross-style' or a dataset directory)")
     tr = [v for vs in load_videos(args.data, "train", args.fold).values() for v in vs]
     va = [v for vs in load_videos(args.data, "test", args.fold).values() for v in vs]
     return tr, va

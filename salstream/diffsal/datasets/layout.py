@@ -186,6 +186,11 @@ class Video:
     def audio(self) -> tuple[np.ndarray, int]:
         raise DatasetError(f"{self.dataset}/{self.name} has no audio track")
 
+    def references(self, i: int) -> dict[str, np.ndarray]:
+        """Reference maps of frame ``i`` computed from the ground truth (name -> map), scored
+        beside the model by ``salstream eval``; recorded datasets have none."""
+        return {}
+
     def _check(self, i: int) -> int:
         if not 0 <= i < self.n_frames:
             raise IndexError(f"{self.dataset}/{self.name}: frame {i} outside 0…{self.n_frames - 1}")
@@ -231,6 +236,33 @@ class AVVideo(Video):
                         (self.wav_path, "audio track")):
             if not p.exists():
                 raise DatasetError(f"{self.dataset}/{self.name}: {what} {p} is missing")
+
+
+class ClipVideo(Video):
+    """A generated clip (:class:`~diffsal.datasets.synthetic.SyntheticClip`,
+    :class:`~diffsal.datasets.randomized.RandomizedClip`) as a video, rendered on demand:
+    nothing is written to disk and no JPEG round trip touches frames or maps."""
+    has_audio = True
+
+    def __init__(self, clip, dataset: str, name: str):
+        self.clip, self.dataset, self.name = clip, dataset, name
+        self.n_frames, self.fps = clip.n_frames, clip.fps
+
+    def frame(self, i: int) -> np.ndarray:
+        return self.clip.frame(self._check(i))
+
+    def density(self, i: int) -> np.ndarray:
+        return self.clip.density(self._check(i))
+
+    def fixations(self, i: int) -> np.ndarray:
+        return self.clip.fixations(self._check(i))
+
+    def audio(self) -> tuple[np.ndarray, int]:
+        return self.clip.audio(), self.clip.sample_rate
+
+    def references(self, i: int) -> dict[str, np.ndarray]:
+        refs = getattr(self.clip, "references", None)
+        return refs(self._check(i)) if refs is not None else {}
 
 
 class DHF1KVideo(Video):

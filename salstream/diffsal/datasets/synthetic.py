@@ -140,20 +140,7 @@ class SyntheticClip:
 
     # ------------------------------------------------------------------ scene set-up
     def _make_background(self, rng: np.random.Generator) -> np.ndarray:
-        # Low-frequency colour field plus fine static texture: real-ish, but never pulsing.
-        h, w = self.height, self.width
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = rng.uniform(60, 150, size=3)
-        img = np.empty((h, w, 3), np.float32)
-        for c in range(3):
-            field = np.zeros((h, w))
-            for _ in range(4):
-                fx, fy = rng.uniform(0.5, 3.0, size=2)
-                ph = rng.uniform(0, 2 * np.pi)
-                field += np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
-            img[..., c] = base[c] + 12.0 * field
-        img += rng.normal(0.0, 6.0, size=(h, w, 1))
-        return img
+        return sine_background(rng, self.height, self.width)
 
     def _make_objects(self, rng: np.random.Generator, n: int) -> list[SceneObject]:
         shapes = ("disc", "square", "diamond")
@@ -296,25 +283,15 @@ class SyntheticClip:
     def density(self, i: int) -> np.ndarray:
         i = self._check_frame(i)
         t = i / self.fps
-        dens = CENTRE_MASS * self._centre
         n_dis = len(self.objects) - 1
+        blobs = []
         for k, o in enumerate(self.objects):
             x, y, r, _ = self.object_state(k, t)
-            sigma = 0.8 * r
-            g = np.exp(-0.5 * ((self._xx - x) ** 2 + (self._yy - y) ** 2) / sigma ** 2)
-            g /= g.sum()
-            dens = dens + (SOURCE_MASS if o.sounding else MOTION_MASS / n_dis) * g
-        return (dens / dens.max()).astype(np.float32)
+            blobs.append((x, y, r, SOURCE_MASS if o.sounding else MOTION_MASS / n_dis))
+        return mixture_density(self._centre, self._xx, self._yy, blobs)
 
     def fixations(self, i: int) -> np.ndarray:
-        dens = self.density(i)
-        p = dens.ravel().astype(np.float64)
-        p /= p.sum()
-        rng = np.random.default_rng([self.seed, 3, int(i)])
-        picks = rng.choice(p.size, size=self.n_observers, p=p)
-        fix = np.zeros(p.size, bool)
-        fix[picks] = True
-        return fix.reshape(dens.shape)
+        return sample_fixations(self.density(i), self.seed, int(i), self.n_observers)
 
     def describe(self) -> dict:
         return {"seed": self.seed, "size": [self.width, self.height], "fps": self.fps,
@@ -323,6 +300,53 @@ class SyntheticClip:
                 "objects": [{"shape": o.shape, "color": list(o.color), "radius": o.radius,
                              "sounding": o.sounding, "n_turns": int(np.sum(o.turns[:, 0] < self.duration))}
                             for o in self.objects]}
+
+
+def mixture_density(centre: np.ndarray, xx: np.ndarray, yy: np.ndarray,
+                    blobs: list[tuple[float, float, float, float]], partly_outside: bool = False) -> np.ndarray:
+    """The ground-truth fixation density: ``CENTRE_MASS`` × ``centre`` (a normalised centre
+    bias) plus, per ``(x, y, radius, mass)``, ``mass`` spread as a Gaussian of σ = 0.8·radius
+    around (x, y); scaled so its maximum is 1 like an 8-bit ``eyeMap`` image.
+
+    Each Gaussian is normalised over the picture, unless ``partly_outside`` (objects may
+    leave the picture): then over the whole plane, so the part of an object outside the
+    picture takes its share of the mass with it instead of piling it up at the border."""
+    dens = CENTRE_MASS * centre
+    for x, y, r, mass in blobs:
+        sigma = 0.8 * r
+        g = np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / sigma ** 2)
+        total = 2 * np.pi * sigma ** 2 if partly_outside else g.sum()
+        if total > 0:
+            dens = dens + mass * (g / total)
+    return (dens / dens.max()).astype(np.float32)
+
+
+def sine_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) float32 background: a low-frequency colour field plus fine static texture
+    (real-ish, but never pulsing)."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = rng.uniform(60, 150, size=3)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        field = np.zeros((h, w))
+        for _ in range(4):
+            fx, fy = rng.uniform(0.5, 3.0, size=2)
+            ph = rng.uniform(0, 2 * np.pi)
+            field += np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+        img[..., c] = base[c] + 12.0 * field
+    img += rng.normal(0.0, 6.0, size=(h, w, 1))
+    return img
+
+
+def sample_fixations(density: np.ndarray, seed: int, i: int, n_observers: int) -> np.ndarray:
+    """``n_observers`` fixations of frame ``i`` drawn from ``density`` (bool map, seeded by clip and frame)."""
+    p = density.ravel().astype(np.float64)
+    p /= p.sum()
+    rng = np.random.default_rng([seed, 3, int(i)])
+    picks = rng.choice(p.size, size=n_observers, p=p)
+    fix = np.zeros(p.size, bool)
+    fix[picks] = True
+    return fix.reshape(density.shape)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
