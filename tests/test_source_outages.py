@@ -64,7 +64,7 @@ def test_reconnect_and_stall_options_are_in_help(capsys):
 @needs_rtsp
 @bad_input("sources", "an RTSP server that hangs for 3 s without disconnecting, then goes away "
            "(a camera reboot)",
-           "the stall is a gap (`reason` \"stall: …\", missing PTS range); with `--reconnect forever` the source "
+           "the stall is a gap (`reason` \"stall: no frame for N s\"); with `--reconnect forever` the source "
            "reports `reconnecting` and resumes when the server is back")
 def test_rtsp_stall_is_a_gap_and_reconnect_forever_outlasts_the_outage():
     server = RtspTestServer(audio=False, width=160, height=120, fps=30).start()
@@ -251,3 +251,49 @@ def test_one_pixel_video_is_a_clear_error(tmp_path, capsys):
     code = main(["run", "--source", str(path), "--publish", "tcp://127.0.0.1:*", "--no-record"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "1×1 pixels" in err[0] and str(path) in err[0]
+
+
+@needs_rtsp
+@bad_input("sources", "a live stream that hangs (no frame, no disconnect) while maps are being published",
+           "the next map carries `flags.gap` and `gaps[0]` (PTS range, reason \"stall: no frame for N s\"); "
+           "meanwhile the `status/<stream>` heartbeat shows `frame_age_s` growing")
+def test_a_stall_reaches_subscribers_as_a_gap_and_in_the_heartbeat(engine):
+    server = RtspTestServer(audio=False, width=160, height=120, fps=30).start()
+    result: list = []
+    pipe = None
+    try:
+        src = PyAVSource(server.url, read_timeout=6.0)
+        pipe = Pipeline(PipelineOptions(publish="tcp://127.0.0.1:*", steps=1, send_frames=False, heartbeat_s=0.2),
+                        engine, sources=[src])
+        runner = threading.Thread(target=lambda: result.append(pipe.run()), daemon=True)
+        runner.start()
+        assert pipe.bound.wait(60)
+        with Subscriber(pipe.endpoint, kinds={"map", "status"}) as sub:
+            maps, ages = [], []
+
+            def take(until) -> None:
+                deadline = time.monotonic() + 60
+                while not until() and time.monotonic() < deadline:
+                    m = sub.recv(timeout=0.2)
+                    if isinstance(m, wire.MapMessage):
+                        maps.append(m)
+                    elif isinstance(m, wire.StatusMessage) and m.frame_age_s is not None:
+                        ages.append(m.frame_age_s)
+            take(lambda: len(maps) >= 5)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            time.sleep(3.0)
+            os.kill(server.proc.pid, signal.SIGCONT)
+            take(lambda: any(m.header.flags.get("gap") for m in maps) and len(maps) >= 10)
+        marked = [m for m in maps if m.header.flags.get("gap")]
+        assert len(marked) == 1, [m.header.flags for m in maps]
+        (gap,) = marked[0].header.gaps
+        # The server's clock stopped with it, so the media PTS run on; the reason says how long it hung.
+        assert gap["reason"].startswith("stall: no frame for ") and gap["to_pts"] > gap["from_pts"]
+        assert float(gap["reason"].split()[4]) > 2.5
+        assert max(ages) > 2.0                            # the heartbeat saw the source go quiet
+    finally:
+        if pipe is not None:
+            pipe.stop()
+        server.close()
+    runner.join(30)
+    assert result and not result[0].source_errors
