@@ -18,17 +18,18 @@ from typing import Iterable, Iterator, Optional
 import zmq
 
 from salstream.streamer.wire import format as wire
-from salstream.streamer.wire.format import FrameMessage, MapMessage, Message, RoiMessage, WireError
+from salstream.streamer.wire.format import ConfMessage, FrameMessage, MapMessage, Message, RoiMessage, WireError
 
-__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "WireError"]
+__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "ConfMessage", "WireError"]
 
 
 class Subscriber:
     """SUB socket connected to a publisher.
 
     ``streams``: stream ids to receive (``None``: all). ``kinds``: message kinds to receive,
-    any of ``"map"``, ``"frame"`` (JPEG previews), ``"roi"`` (encoder regions); default
-    maps only, plus previews when ``frames=True``. ``hwm``: messages queued here before
+    any of ``"map"``, ``"frame"`` (JPEG previews), ``"roi"`` (encoder regions), ``"conf"``
+    (per-pixel spread of maps sampled K times, :class:`ConfMessage`, sent right after its map
+    with the same ``seq``); default maps only, plus previews when ``frames=True``. ``hwm``: messages queued here before
     ZeroMQ drops. ``max_message_bytes``: ZeroMQ drops the connection of a peer that sends
     a larger message part instead of buffering it (default: the largest part the wire
     format allows), so a hostile or broken publisher cannot make this process allocate
