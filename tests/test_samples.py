@@ -331,3 +331,35 @@ def test_eval_cli_refuses_bad_samples_in_one_line(capsys):
     assert main(["eval", "--samples", "0"]) == 2
     err = capsys.readouterr().err
     assert "--samples 0" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------- bench
+def test_bench_times_k_draws_batched_against_k_separate_calls(tmp_path):
+    from benchmarks.model_bench import ModelBenchOptions, run_model_bench, samples_bench
+    from benchmarks.plots import samples_cost
+    from benchmarks.report import markdown_summary
+    from tests.support.pipeline import one_torch_thread
+    model = tiny_model()
+    runner = Counting(create_engine("torch", model=model))
+    with one_torch_thread():
+        res = samples_bench(runner, 2, [1, 3], repeats=2, warmup=0)
+    assert set(res["per_k"]) == {"1", "3"}
+    for e in res["per_k"].values():
+        assert e["batched"]["n"] == e["separate"]["n"] == 2 and e["batched"]["p50"] > 0
+    assert res["per_k"]["1"]["batched_vs_one_draw"] == 1.0
+    # batched: 2 steps × a batch of K; separate: K loops of 2 steps at batch 1 (K = 1: both the same)
+    assert runner.calls["denoise"] == [1] * 2 * 2 * 2 + ([3] * 2 + [1] * 3 * 2) * 2
+    # the frame is encoded once per map in both (one new frame each)
+    assert runner.calls["encode_video"].count(1) >= 2 * 2 * 2
+    # wired into the model bench, its summary table and a plot
+    opts = ModelBenchOptions(profiles=["tiny"], engines=["torch"], steps=[1], repeats=2, warmup=0, warm_windows=0,
+                             gpu=False, threads=1, models={"tiny": model}, samples=(1, 2), samples_engines=["torch"],
+                             flops=False)
+    with one_torch_thread():
+        out = run_model_bench(opts, progress=lambda msg: None)
+    per_k = out["profiles"]["tiny"]["samples"]["torch"]["per_k"]
+    assert set(per_k) == {"1", "2"}
+    text = markdown_summary({"machine": {"versions": {"torch": "t", "onnxruntime": "o"}}, "model": out})
+    assert "a map of K draws" in text and "batched / separate" in text
+    png = samples_cost(out, tmp_path / "samples.png")
+    assert png is not None and png.stat().st_size > 1000
