@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise SalstreamError(f"--{name.replace('_', '-')} {v}: must be >= 1")
+    if args.pipeline_samples < 1:
+        raise SalstreamError(f"--pipeline-samples {args.pipeline_samples}: must be >= 1 (draws per map)")
     for name in ("seconds", "scaling_seconds"):
         v = getattr(args, name)
         if v is not None and v <= 0:

@@ -363,3 +363,85 @@ def test_bench_times_k_draws_batched_against_k_separate_calls(tmp_path):
     assert "a map of K draws" in text and "batched / separate" in text
     png = samples_cost(out, tmp_path / "samples.png")
     assert png is not None and png.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------- viewer
+def test_web_bridge_pairs_each_map_with_its_spread():
+    """A real publisher sends maps of 3 draws with their spreads, and one plain map: the bridge
+    keeps each map with its own spread (scaled ×2 to uint8) and never holds a plain map back."""
+    import time
+
+    from salstream.streamer.web.bridge import MapBridge
+    from salstream.streamer.wire import format as wire
+    from salstream.streamer.wire.publisher import Publisher
+    with Publisher("tcp://127.0.0.1:*") as pub:
+        changes: list[str] = []
+        bridge = MapBridge(pub.endpoint, on_change=changes.append).start()
+        try:
+            assert pub.wait_for_subscriber(10.0)
+            rng = np.random.default_rng(0)
+            sent = []
+            for i in range(3):
+                m = rng.random((6, 8)).astype(np.float32)
+                spread = (rng.random((6, 8)) * 0.4).astype(np.float32)
+                h = pub.publish_map(wire.MapHeader(stream="0", frame_index=i, pts=i / 30, capture_time=time.monotonic(),
+                                                   extra={"samples": 3}), m)
+                assert pub.publish_conf(h, spread)
+                sent.append((m, spread))
+                deadline = time.monotonic() + 10
+                while len(changes) < i + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                latest = bridge.latest("0")
+                assert latest.map_info["frame_index"] == i and latest.map_info["samples"] == 3
+                assert latest.map_u8 == wire.encode_map_payload(m, "uint8")
+                assert latest.spread_u8 == wire.encode_map_payload(np.minimum(1, 2 * spread), "uint8")
+            pub.publish_map(wire.MapHeader(stream="1", frame_index=0, pts=0.0, capture_time=time.monotonic()),
+                            np.zeros((6, 8), np.float32))
+            deadline = time.monotonic() + 10
+            while bridge.latest("1") is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert bridge.latest("1").spread_u8 is None and "samples" not in bridge.latest("1").map_info
+            # a map whose spread never comes is still shown (after a short wait)
+            pub.publish_map(wire.MapHeader(stream="0", frame_index=9, pts=0.3, capture_time=time.monotonic(),
+                                           extra={"samples": 3}), np.zeros((6, 8), np.float32))
+            deadline = time.monotonic() + 10
+            while bridge.latest("0").map_info["frame_index"] != 9 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert bridge.latest("0").map_info["frame_index"] == 9 and bridge.latest("0").spread_u8 is None
+        finally:
+            bridge.stop()
+
+
+def test_viewer_page_shows_the_spread_of_a_sampled_run(engine, tmp_path):
+    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.live.sources.synthetic import SyntheticSource
+    from salstream.streamer.web.server import WebViewer
+    from tests.support.browser import Chromium, chromium_path
+    from tests.support.pipeline import RunningPipeline
+    if chromium_path() is None:
+        pytest.skip("needs Debian's chromium (scripts/install-system-deps installs it)")
+    source = SyntheticSource(3, stream_id="0", width=192, height=112)
+    opts = PipelineOptions(publish="tcp://127.0.0.1:*", samples=4, steps=1)
+    pixels = ("(() => { const c = document.querySelector('.tile[data-stream=\"0\"] canvas'); "
+              "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); })()")
+    paint = "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+    with RunningPipeline(Pipeline(opts, engine, sources=[source])) as run, WebViewer("127.0.0.1:0") as viewer:
+        viewer.connect(run.endpoint).start()
+        with Chromium(viewer.url, tmp_path) as browser:
+            browser.wait_for("window.salstreamViewer && window.salstreamViewer.shown['0'] && "
+                             "window.salstreamViewer.shown['0'].has_spread", 90, "a map with its spread drawn")
+            browser.evaluate("document.getElementById('pause').click()")
+            browser.evaluate(paint)
+            browser.evaluate("(() => { const e = document.getElementById('opacity'); e.value = '1'; "
+                             "e.dispatchEvent(new Event('input')); })()")
+            browser.evaluate(paint)
+            as_map = np.array(browser.evaluate(pixels), np.int16)
+            assert browser.evaluate("window.salstreamViewer.shown['0'].layer") == "map"
+            browser.evaluate("(() => { const e = document.getElementById('show'); e.value = 'spread'; "
+                             "e.dispatchEvent(new Event('change')); })()")
+            browser.evaluate(paint)
+            as_spread = np.array(browser.evaluate(pixels), np.int16)
+            assert browser.evaluate("window.salstreamViewer.shown['0'].layer") == "spread"
+            assert "spread of 4 draws" in browser.evaluate(
+                "document.querySelector('.tile[data-stream=\"0\"] figcaption').textContent")
+            assert np.abs(as_map - as_spread).mean() > 1, "the spread layer looks like the map"
