@@ -436,7 +436,8 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
 def samples_bench(engine: Any, steps: int, ks: Sequence[int], repeats: int, warmup: int, seed: int = 0) -> dict:
     """Cost of one map made of K draws: batched (one denoiser call per step for all K draws) vs K
     single-draw sampling loops, both after encoding the map's new frame once. The two are timed
-    alternately (A/B), so drifting machine load hits both alike."""
+    alternately (A/B), so drifting machine load hits both alike. With one engine thread the process
+    CPU time per map (``cpu_ms``) is what the map costs an idle core, whatever else runs."""
     maker = MapMaker(engine, seed=seed)
     device = maker.device
     gen = torch.Generator().manual_seed(seed + 2)
@@ -457,14 +458,17 @@ def samples_bench(engine: Any, steps: int, ks: Sequence[int], repeats: int, warm
                 batched(k)
                 one_by_one(k)
             times: dict[str, list[float]] = {"batched": [], "separate": []}
+            cpu: dict[str, list[float]] = {"batched": [], "separate": []}
             for _ in range(repeats):
                 for name, fn in (("batched", batched), ("separate", one_by_one)):
                     _sync(device)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     fn(k)
                     _sync(device)
                     times[name].append((time.perf_counter() - t0) * 1000.0)
-            b, sep = per_map_stats(times["batched"]), per_map_stats(times["separate"])
+                    cpu[name].append((time.process_time() - c0) * 1000.0)
+            b = per_map_stats(times["batched"], cpu_ms=cpu["batched"])
+            sep = per_map_stats(times["separate"], cpu_ms=cpu["separate"])
             out["per_k"][str(k)] = {"batched": b, "separate": sep,
                                     "batched_vs_separate": round(b["p50"] / sep["p50"], 3) if sep["p50"] else None}
     base = out["per_k"].get("1", {}).get("batched", {}).get("p50")
@@ -524,9 +528,17 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
     official = OfficialStyle(model, seed=opts.seed) if supports_official_style(model) else None
     torch_engine = None
     built: dict[str, Any] = {}
+    engine_kwargs = dict(opts.engine_kwargs)
+    if profile not in opts.models and not opts.quick:
+        from salstream.diffsal.registry import bundled_weights
+        bundled = bundled_weights(profile)
+        if bundled is not None and bundled.name == weights:
+            # Exported graphs keyed by the checkpoint file: the ones `salstream run` already exported.
+            for name in (*engines, *opts.samples_engines):
+                engine_kwargs[name] = {"checkpoint": str(bundled), **(engine_kwargs.get(name) or {})}
     for name in engines:
         t0 = time.perf_counter()
-        engine, why = build_engine(name, model, opts.threads, opts.cache_root, opts.engine_kwargs.get(name))
+        engine, why = build_engine(name, model, opts.threads, opts.cache_root, engine_kwargs.get(name))
         if engine is None:
             res["engines"][name] = {"skipped": why}
             progress(f"{profile}/{name}: skipped ({why})")
@@ -568,7 +580,7 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
         for name in opts.samples_engines:
             engine = built.get(name)
             if engine is None:
-                engine, why = build_engine(name, model, opts.threads, opts.cache_root, opts.engine_kwargs.get(name))
+                engine, why = build_engine(name, model, opts.threads, opts.cache_root, engine_kwargs.get(name))
                 if engine is None:
                     res["samples"][name] = {"skipped": why}
                     continue
@@ -582,7 +594,7 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
     # Warm vs cold start on the first engine that ran.
     ran = [n for n, e in res["engines"].items() if "skipped" not in e]
     if opts.warm_windows > 0 and ran and (not is_full or opts.full_warm_start):
-        engine, _ = build_engine(ran[0], model, opts.threads, opts.cache_root, opts.engine_kwargs.get(ran[0])) \
+        engine, _ = build_engine(ran[0], model, opts.threads, opts.cache_root, engine_kwargs.get(ran[0])) \
             if ran[0] != "torch" or torch_engine is None else (torch_engine, None)
         steps = max(cfg.default_steps, 2)
         t0 = time.perf_counter()
