@@ -63,6 +63,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--full-steps", type=_ints, default=None, help="DDIM steps for full (default 1,4)")
     m.add_argument("--repeats", type=int, default=None, help="timed maps per setting (default 20)")
     m.add_argument("--full-repeats", type=int, default=None, help="timed windows per setting for full (default 2)")
+    m.add_argument("--samples", type=_ints, default=None, metavar="K,…",
+                   help="draws per map to time, each as one batched call vs K separate calls (`run --samples K`; "
+                        "default 1,2,4; not for full)")
+    m.add_argument("--samples-engines", type=_names, default=None,
+                   help="engines of the --samples comparison (default ort-cpu; torch with --quick)")
+    m.add_argument("--no-samples", action="store_true", help="leave out the --samples comparison")
 
     q = p.add_argument_group("pipeline level")
     q.add_argument("--pipeline-profile", default="lite")
@@ -74,6 +80,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--scaling-seconds", type=float, default=None, help="length of each multi-stream run (default 10)")
     q.add_argument("--source", default="synthetic", help="source spec for every stream (default: synthetic, pre-rendered)")
     q.add_argument("--pipeline-steps", type=int, default=None, help="DDIM steps in the pipeline (default: the profile's)")
+    q.add_argument("--pipeline-samples", type=int, default=1, metavar="K",
+                   help="draws per map in the pipeline runs (as `salstream run --samples K`; default %(default)s)")
     q.add_argument("--no-frames", action="store_true",
                    help="do not publish frame previews (salstream run sends them by default; they cost a JPEG encode)")
     q.add_argument("--no-demo", action="store_true",
@@ -120,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise SalstreamError(f"--{name.replace('_', '-')} {v}: must be >= 1")
+    if args.pipeline_samples < 1:
+        raise SalstreamError(f"--pipeline-samples {args.pipeline_samples}: must be >= 1 (draws per map)")
     for name in ("seconds", "scaling_seconds"):
         v = getattr(args, name)
         if v is not None and v <= 0:
@@ -159,12 +169,16 @@ def run(args: argparse.Namespace) -> int:
             opts.steps, opts.full_steps = [1, 2], [1]
             opts.repeats, opts.full_repeats, opts.warmup, opts.full_warmup, opts.warm_windows = 3, 1, 1, 0, 2
             opts.gpu_batches, opts.gpu_repeats = (1, 2), 3
+            opts.samples, opts.samples_engines = [1, 2], ["torch"]
         if args.thorough:
             opts.full_steps, opts.full_repeats = [1, 2, 4, 8], 3
             opts.full_engines, opts.full_warm_start, opts.flops = ["torch", "ort-cpu"], True, True
-        for k in ("profiles", "engines", "full_engines", "steps", "full_steps", "repeats", "full_repeats"):
+        for k in ("profiles", "engines", "full_engines", "steps", "full_steps", "repeats", "full_repeats",
+                  "samples", "samples_engines"):
             if getattr(args, k) is not None:
                 setattr(opts, k, getattr(args, k))
+        if args.no_samples:
+            opts.samples = ()
         result["model"] = run_model_bench(opts, progress=_progress)
     if not args.skip_pipeline:
         if not quick:  # the pipeline loads its own engine: drop the model part's models so RSS is the pipeline's
@@ -184,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
             seconds=args.seconds or (3.0 if quick else 15.0),
             scaling_seconds=args.scaling_seconds or (2.0 if quick else 10.0),
             warmup_s=args.warmup_s if args.warmup_s is not None else (0.5 if quick else 2.0),
-            steps=args.pipeline_steps, source=args.source, frame_size=(96, 160) if quick else None,
+            steps=args.pipeline_steps, samples=args.pipeline_samples, source=args.source,
+            frame_size=(96, 160) if quick else None,
             send_frames=not args.no_frames, progress=_progress)
     readme = not quick and not (args.skip_model and args.skip_pipeline)
     return _finish(result, args, label="quick" if quick else "", readme=readme or bool(args.readme_table),

@@ -10,6 +10,10 @@ What one *map* costs is what the live pipeline pays for it:
 Per-graph figures (``encode_video`` / ``encode_audio`` / ``denoise``) are the individual
 calls inside those timed maps, so both views come from the same runs.
 
+**Several draws per map** (``samples``, K = 1, 2, 4): the K draws of a window as one
+batched denoiser call (what ``salstream run --samples K`` does) against K separate
+single-draw calls on the same features; both include encoding the new frame once.
+
 The **official-style sampler** reproduces how the released code samples a window (eager
 PyTorch under ``no_grad``; the encoders once; the four-map video feature list
 deep-copied before the loop and again at every step, with the noisy map's features
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 
 from salstream.diffsal.diffusion import NUM_TRAIN_TIMESTEPS, cosine_alphas_cumprod
 from salstream.diffsal.features import FeatureCache, cat_batch
-from salstream.diffsal.inference import predict_from_features
+from salstream.diffsal.inference import predict_from_features, predict_samples
 from salstream.errors import SalstreamError
 
 from .report import load_average, stats
@@ -63,6 +67,8 @@ class ModelBenchOptions:
     gpu_batches: Sequence[int] = (1, 4)
     gpu_repeats: int = 20
     cache_root: Optional[str] = None              # where ONNX exports are cached (default: the user cache)
+    samples: Sequence[int] = (1, 2, 4)            # draws per map to compare, batched vs one call each (() = skip)
+    samples_engines: Sequence[str] = ("ort-cpu",)  # engines of that comparison (not run for full)
     seed: int = 0
     models: dict[str, torch.nn.Module] = field(default_factory=dict)  # profile -> ready model (tests, embedding)
     engine_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine -> extra factory arguments
@@ -425,6 +431,52 @@ def warm_start_bench(engine: Any, steps: int, windows: int, seed: int = 0, times
             "cc_per_window": [round(float(c), 5) for c in ccs]}
 
 
+# ---------------------------------------------------------------------- several draws per map
+
+def samples_bench(engine: Any, steps: int, ks: Sequence[int], repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Cost of one map made of K draws: batched (one denoiser call per step for all K draws) vs K
+    single-draw sampling loops, both after encoding the map's new frame once. The two are timed
+    alternately (A/B), so drifting machine load hits both alike. With one engine thread the process
+    CPU time per map (``cpu_ms``) is what the map costs an idle core, whatever else runs."""
+    maker = MapMaker(engine, seed=seed)
+    device = maker.device
+    gen = torch.Generator().manual_seed(seed + 2)
+    out: dict[str, Any] = {"steps": steps, "repeats": repeats, "per_k": {}}
+
+    def batched(k: int) -> None:
+        v, a = maker.features()
+        predict_samples(engine, v, a, 1, k, steps, generator=gen, device=device)
+
+    def one_by_one(k: int) -> None:
+        v, a = maker.features()
+        for _ in range(k):
+            predict_from_features(engine, v, a, 1, steps, generator=gen, device=device)
+
+    with torch.inference_mode():
+        for k in ks:
+            for _ in range(warmup):
+                batched(k)
+                one_by_one(k)
+            times: dict[str, list[float]] = {"batched": [], "separate": []}
+            cpu: dict[str, list[float]] = {"batched": [], "separate": []}
+            for _ in range(repeats):
+                for name, fn in (("batched", batched), ("separate", one_by_one)):
+                    _sync(device)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    fn(k)
+                    _sync(device)
+                    times[name].append((time.perf_counter() - t0) * 1000.0)
+                    cpu[name].append((time.process_time() - c0) * 1000.0)
+            b = per_map_stats(times["batched"], cpu_ms=cpu["batched"])
+            sep = per_map_stats(times["separate"], cpu_ms=cpu["separate"])
+            out["per_k"][str(k)] = {"batched": b, "separate": sep,
+                                    "batched_vs_separate": round(b["p50"] / sep["p50"], 3) if sep["p50"] else None}
+    base = out["per_k"].get("1", {}).get("batched", {}).get("p50")
+    for e in out["per_k"].values():
+        e["batched_vs_one_draw"] = round(e["batched"]["p50"] / base, 3) if base else None
+    return out
+
+
 # ---------------------------------------------------------------------- per profile
 
 def _flops(model: torch.nn.Module) -> dict[str, float]:
@@ -476,9 +528,17 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
     official = OfficialStyle(model, seed=opts.seed) if supports_official_style(model) else None
     torch_engine = None
     built: dict[str, Any] = {}
+    engine_kwargs = dict(opts.engine_kwargs)
+    if profile not in opts.models and not opts.quick:
+        from salstream.diffsal.registry import bundled_weights
+        bundled = bundled_weights(profile)
+        if bundled is not None and bundled.name == weights:
+            # Exported graphs keyed by the checkpoint file: the ones `salstream run` already exported.
+            for name in (*engines, *opts.samples_engines):
+                engine_kwargs[name] = {"checkpoint": str(bundled), **(engine_kwargs.get(name) or {})}
     for name in engines:
         t0 = time.perf_counter()
-        engine, why = build_engine(name, model, opts.threads, opts.cache_root, opts.engine_kwargs.get(name))
+        engine, why = build_engine(name, model, opts.threads, opts.cache_root, engine_kwargs.get(name))
         if engine is None:
             res["engines"][name] = {"skipped": why}
             progress(f"{profile}/{name}: skipped ({why})")
@@ -514,10 +574,27 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
                 pass
         entry["load_average_end"] = load_average()
         res["engines"][name] = entry
+    # Several draws per map, batched vs one call each (cheap profiles only: full is seconds per draw).
+    if opts.samples and not is_full:
+        res["samples"] = {}
+        for name in opts.samples_engines:
+            engine = built.get(name)
+            if engine is None:
+                engine, why = build_engine(name, model, opts.threads, opts.cache_root, engine_kwargs.get(name))
+                if engine is None:
+                    res["samples"][name] = {"skipped": why}
+                    continue
+            t0 = time.perf_counter()
+            steps = cfg.default_steps
+            res["samples"][name] = samples_bench(engine, steps, list(opts.samples), repeats, warmup, opts.seed)
+            per_k = res["samples"][name]["per_k"]
+            progress(f"{profile}/{name}: {steps}-step map of K draws, batched vs separate p50 ms: " + ", ".join(
+                f"K={k} {e['batched']['p50']:.1f} vs {e['separate']['p50']:.1f}" for k, e in per_k.items())
+                + f" ({time.perf_counter() - t0:.0f} s)")
     # Warm vs cold start on the first engine that ran.
     ran = [n for n, e in res["engines"].items() if "skipped" not in e]
     if opts.warm_windows > 0 and ran and (not is_full or opts.full_warm_start):
-        engine, _ = build_engine(ran[0], model, opts.threads, opts.cache_root, opts.engine_kwargs.get(ran[0])) \
+        engine, _ = build_engine(ran[0], model, opts.threads, opts.cache_root, engine_kwargs.get(ran[0])) \
             if ran[0] != "torch" or torch_engine is None else (torch_engine, None)
         steps = max(cfg.default_steps, 2)
         t0 = time.perf_counter()

@@ -96,7 +96,7 @@ def open_sources(spec: str, streams: int, *, frame_size: Optional[tuple[int, int
 def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10.0, warmup_s: float = 2.0,
                  steps: Optional[int] = None, source: str = "synthetic", frame_size: Optional[tuple[int, int]] = None,
                  max_batch: int = 4, batch_deadline_ms: float = 5.0, hop: int = 1, send_frames: bool = True,
-                 record: bool = False, label: Optional[str] = None,
+                 record: bool = False, label: Optional[str] = None, samples: int = 1,
                  progress: Callable[[str], None] = print) -> dict[str, Any]:
     """One paced run of ``seconds`` (``None``: until the sources end) through the live pipeline on
     ``engine``; returns its figures. ``send_frames`` publishes frame previews and ``record`` records
@@ -111,7 +111,7 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
     fps = sources[0].fps or 30.0
     opts = PipelineOptions(sources=[source] * streams, steps=steps, hop=hop, publish="tcp://127.0.0.1:*",
                            duration=seconds, max_batch=max_batch, batch_deadline_ms=batch_deadline_ms,
-                           wait_subscriber=30.0, send_frames=send_frames)
+                           wait_subscriber=30.0, send_frames=send_frames, samples=samples)
     tmp = tempfile.TemporaryDirectory(prefix="bench-record-") if record else None
     consumers = [OverlayRecording(Path(tmp.name) / "overlay.mp4")] if tmp is not None else []
     pipe = Pipeline(opts, engine=engine, sources=sources, consumers=consumers)
@@ -131,14 +131,14 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
             pipe.stop()
             raise RuntimeError("the pipeline's publisher did not bind within 60 s")
         with Subscriber(pipe.endpoint) as sub:
-            samples = collect(sub, keep_going=th.is_alive, progress=progress)
+            received = collect(sub, keep_going=th.is_alive, progress=progress)
         th.join()
     if tmp is not None:
         tmp.cleanup()
     if "error" in box:
         raise box["error"]
     summary = box["summary"]
-    res = summarise(samples, warmup_s)
+    res = summarise(received, warmup_s)
     # Windows dropped after warm-up: frames of the measured span that got no map (one per frame wanted).
     spanned = sum(v["frames_spanned"] for v in res["per_stream"].values())
     wanted = -(-spanned // hop) if spanned else 0
@@ -149,7 +149,8 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
         "label": label or f"{streams} stream(s)", "record": record,
         "profile": engine.config.profile, "engine": getattr(engine, "name", "?"), "streams": streams,
         "source": source + (" (pre-rendered loop)" if source.startswith("synthetic") else ""), "fps": fps,
-        "seconds": seconds, "warmup_s": warmup_s, "steps": res["steps"], "hop": hop, "max_batch": max_batch,
+        "seconds": seconds, "warmup_s": warmup_s, "steps": res["steps"], "samples": samples, "hop": hop,
+        "max_batch": max_batch,
         "frame_previews": send_frames, "threads": getattr(engine, "threads", None),
         "maps_per_s": maps_total, "maps_per_s_per_stream": maps_total / streams if maps_total else None,
         "maps_per_frame": (maps_total / streams / fps) if maps_total else None,
@@ -209,7 +210,7 @@ def _describe(r: dict[str, Any]) -> str:
 
 def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequence[int] = (1, 2, 4),
                        seconds: float = 15.0, scaling_seconds: float = 10.0, warmup_s: float = 2.0,
-                       steps: Optional[int] = None, source: str = "synthetic",
+                       steps: Optional[int] = None, source: str = "synthetic", samples: int = 1,
                        frame_size: Optional[tuple[int, int]] = None, max_batch: int = 4, send_frames: bool = True,
                        demo_source: Optional[str] = None,
                        progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -237,7 +238,7 @@ def run_pipeline_bench(engine_factory: Callable[[], Any], *, stream_counts: Sequ
         t0 = time.perf_counter()
         try:
             r = run_pipeline(engine, warmup_s=warmup_s, steps=steps, frame_size=None if job["source"] == demo_source
-                             else frame_size, max_batch=max_batch, progress=progress, **job)
+                             else frame_size, max_batch=max_batch, samples=samples, progress=progress, **job)
         except Exception as exc:  # one failed run must not lose the others
             runs.append({"streams": job["streams"], "label": job["label"],
                          "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})

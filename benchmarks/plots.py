@@ -151,12 +151,42 @@ def scaling(runs: list[dict], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def samples_cost(model: dict, path: Path) -> Optional[Path]:
+    """Per map of K draws: one batched call vs K separate calls (p50, whiskers to p95)."""
+    series = [(f"{prof}/{eng}", e) for prof, p in model.get("profiles", {}).items()
+              for eng, e in (p.get("samples") or {}).items() if "per_k" in e]
+    if not series:
+        return None
+    # One engine thread: process CPU time per map is what it costs an idle core, whatever else runs.
+    cpu = model.get("threads") == 1
+    fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)
+    for ax, (name, e) in zip(axes[0], series):
+        ks = sorted(int(k) for k in e["per_k"])
+        x = np.arange(len(ks))
+        for i, (key, label) in enumerate((("batched", "K draws in one batched call"),
+                                          ("separate", "K separate single-draw calls"))):
+            entries = [e["per_k"][str(k)][key] for k in ks]
+            if cpu and all(en.get("cpu_ms") for en in entries):
+                entries = [en["cpu_ms"] for en in entries]
+            p50 = [en["p50"] for en in entries]
+            p95 = [en["p95"] for en in entries]
+            ax.bar(x + (i - 0.5) * 0.38, p50, 0.38, label=label, color=f"C{i}",
+                   yerr=[[0] * len(ks), [b - a for a, b in zip(p50, p95)]], capsize=3)
+        ax.set_xticks(x, [f"K = {k}" for k in ks])
+        ax.set_ylabel(f"{'process CPU' if cpu else 'wall'} ms per map (p50, whisker p95)")
+        ax.set_title(f"{name}: a map of K draws, {e['steps']} DDIM step(s)", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def write_plots(result: dict, run_dir: Path) -> list[str]:
     made = []
     model = result.get("model")
     if model:
         made += [latency_vs_steps(model, run_dir / "model_latency_vs_steps.png"),
-                 graph_latency(model, run_dir / "model_graph_latency.png")]
+                 graph_latency(model, run_dir / "model_graph_latency.png"),
+                 samples_cost(model, run_dir / "model_samples_cost.png")]
     pipe = result.get("pipeline")
     if pipe:
         runs = pipe.get("runs", [])

@@ -244,6 +244,20 @@ def markdown_summary(result: dict) -> str:
                           f"({comp['ours_engine']}) p50 {_f(comp['ours_p50_ms'])} ms vs official-style eager sampler "
                           f"{_f(comp['official_p50_ms'])} ms = {_f(comp['speedup'], 2)}× (goal: {comp['goal']}); "
                           f"max |Δmap| over the step counts {comp['max_abs_diff']:.2e}"]
+            for eng, smp in (p.get("samples") or {}).items():
+                if "skipped" in smp:
+                    lines += ["", f"{prof}/{eng}: several draws per map skipped: {smp['skipped']}"]
+                    continue
+                lines += ["", f"{prof}/{eng}: a map of K draws ({smp['steps']} step(s); `run --samples K`), one "
+                          "batched call vs K separate calls, ms per map (new frame encoded once in both)", ""]
+                lines += _table(["K", "batched p50", "batched p95", "separate p50", "separate p95",
+                                 "batched / separate", "batched / K=1", "CPU p50 batched / separate"],
+                                [[k, _f(e["batched"]["p50"]), _f(e["batched"]["p95"]), _f(e["separate"]["p50"]),
+                                  _f(e["separate"]["p95"]), _f(e["batched_vs_separate"], 2),
+                                  _f(e.get("batched_vs_one_draw"), 2),
+                                  f"{_f((e['batched'].get('cpu_ms') or {}).get('p50'))} / "
+                                  f"{_f((e['separate'].get('cpu_ms') or {}).get('p50'))}"]
+                                 for k, e in smp["per_k"].items()])
             ws = p.get("warm_start")
             if ws and "skipped" not in ws:
                 lines += ["", f"{prof}: warm start ({ws['steps_run']} of {ws['steps']} steps) p50 "

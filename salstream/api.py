@@ -31,11 +31,14 @@ class Prediction:
     ``frame``: the source frame, (H, W, 3) uint8 RGB. ``saliency``: (h, w) float32 in
     [0, 1] at model resolution (``salstream.diffsal.maps.resize_map`` scales it to the
     frame). ``header``: the map's wire header (frame_index, mode, flags, latency_ms, …).
+    ``spread``: with ``samples`` K > 1, the per-pixel standard deviation of the K draws whose
+    mean is ``saliency`` (same shape; high where the model is unsure), else ``None``.
     """
     pts: float
     frame: np.ndarray
     saliency: np.ndarray
     header: Any
+    spread: Optional[np.ndarray] = None
 
     @property
     def frame_index(self) -> int:
@@ -55,14 +58,16 @@ class Saliency:
     ``profile``: ``"lite"`` (CPU, causal) or ``"full"``. ``engine``: ``"auto"`` (the fastest
     here), an engine name (``torch``, ``ort-cpu``, …), or an engine object. ``checkpoint``:
     ``.safetensors`` weights (default: the profile's bundled weights). ``steps``,
-    ``warm_start``, ``mode``, ``hop``, ``seed``: as for ``salstream run``.
+    ``warm_start``, ``mode``, ``hop``, ``seed``, ``samples``: as for ``salstream run`` (``samples`` K > 1:
+    each map is the mean of K draws and :attr:`Prediction.spread` their per-pixel spread).
     """
 
     def __init__(self, profile: str = "lite", engine: Any = "auto", checkpoint: Optional[str] = None, *,
                  steps: Optional[int] = None, threads: Optional[int] = None, artifacts: Optional[str] = None,
-                 warm_start: Optional[int] = None, mode: str = "auto", hop: int = 1, seed: int = 0):
+                 warm_start: Optional[int] = None, mode: str = "auto", hop: int = 1, seed: int = 0,
+                 samples: int = 1):
         from salstream.streamer.live.pipeline import PipelineOptions
-        self.options = dict(steps=steps, warm_start=warm_start, mode=mode, hop=hop, seed=seed)
+        self.options = dict(steps=steps, warm_start=warm_start, mode=mode, hop=hop, seed=seed, samples=samples)
         PipelineOptions(**self.options).validate()        # bad numbers fail before the model loads
         if isinstance(engine, str):
             from salstream.runtime import load_engine
@@ -215,14 +220,21 @@ class _Collector:
         class Pairing(PairedConsumer):
             name = "api"
 
+            spread: Optional[tuple[int, np.ndarray]] = None
+
+            def on_spread(self, header, spread):
+                # Called just before on_map of the same map, from the same thread.
+                self.spread = (header.seq, spread)
+
             def on_map(self, header, saliency):
                 if header.stream == self.stream_id:
-                    # The header travels with the map so the reader gets both.
-                    self._put(("map", int(header.frame_index), (header, saliency)))
+                    spread = self.spread[1] if self.spread is not None and self.spread[0] == header.seq else None
+                    # The header (and spread) travel with the map so the reader gets them all.
+                    self._put(("map", int(header.frame_index), (header, saliency, spread)))
 
             def write(self, frame, paired):
                 if paired is not None and paired[0].frame_index == frame.index:
-                    collector.deliver(Prediction(frame.pts, frame.image, paired[1], paired[0]))
+                    collector.deliver(Prediction(frame.pts, frame.image, paired[1], paired[0], paired[2]))
 
         # Offline runs keep every frame until its map is there (the readers wait for the engine,
         # so frames run at most a few windows ahead); live runs bound the wait.
@@ -234,6 +246,10 @@ class _Collector:
 
     def on_unit(self, unit) -> None:
         self._pairing.on_unit(unit)
+
+    def on_spread(self, header, spread) -> None:
+        if header.stream == self._pairing.stream_id:
+            self._pairing.on_spread(header, spread)
 
     def on_map(self, header, saliency) -> None:
         self._pairing.on_map(header, saliency)

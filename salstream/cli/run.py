@@ -48,6 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warm-start", type=int, default=None, metavar="T",
                    help="start each map from the stream's previous map noised to timestep T (e.g. 250) and run "
                         "only the DDIM steps at or below T: fewer network calls, steadier maps (default: off)")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="draw K maps per window in one batched engine call (encoders once) and publish their mean; "
+                        "their per-pixel standard deviation goes out on topic conf/<stream> (where the model is "
+                        "unsure). Costs about K× the denoiser time; default %(default)s (one draw, no conf topic)")
     p.add_argument("--hop", type=int, default=1, help="one map every N frames (default %(default)s: a map for every frame)")
     p.add_argument("--mode", default="auto", choices=("auto", "video", "audio"),
                    help="auto (default): audio-visual when the stream has audio, else video-only; or force one "
@@ -128,7 +132,8 @@ def options_from_args(args: argparse.Namespace):
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,
         mode=args.mode, seed=args.seed, wait_subscriber=args.wait_subscriber,
         max_new_frames=args.max_new_frames, warm_start=args.warm_start, reconnect_attempts=args.reconnect,
-        reconnect_max_delay=args.reconnect_max_delay, stall_frames=args.stall_frames)
+        reconnect_max_delay=args.reconnect_max_delay, stall_frames=args.stall_frames,
+        samples=args.samples)
 
 
 def record_path(args: argparse.Namespace):

@@ -18,9 +18,18 @@ in three splits: ``in-style`` (style families a model may be trained on),
 ``held-out-style`` (families never trained on) and ``off-screen`` (held-out styles, the
 sound comes from no visible object: the map should fall back to video saliency).
 
+Several draws per window (``--samples K``): the K draws of a window run as one batched
+call and the scored map is their mean (what ``salstream run --samples K`` publishes). The
+report then also gives, per mode, the metrics of the mean of the first k draws for
+k = 1, 2, 4, … K (quality vs K), and the calibration of the spread (per-pixel standard
+deviation of the K draws): does it predict the error? Per frame, the Spearman rank
+correlation between spread and |map − ground truth| over pixels (both min-max scaled, at
+model resolution), and the CC of the windows split into thirds by their mean spread.
+
 Outputs in ``--out``: ``metrics.json`` (everything, with per-video scores),
 ``metrics.md`` (tables), ``metrics.png`` (bar chart), ``cc.png`` (CC of every mode and
-reference per dataset), ``examples.png`` (frames with ground truth and each mode's map).
+reference per dataset), ``examples.png`` (frames with ground truth and each mode's map);
+with K > 1 also ``samples.png`` (quality vs K and calibration).
 """
 from __future__ import annotations
 
@@ -73,6 +82,45 @@ def frame_scores(pred: np.ndarray, density: np.ndarray, fixations: np.ndarray,
 def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for r in rows for k in r})
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+def sample_counts(samples: int) -> list[int]:
+    """The draw counts k scored for K samples: 1, 2, 4, … up to K, and K itself."""
+    ks, k = [], 1
+    while k < samples:
+        ks.append(k)
+        k *= 2
+    return ks + [samples]
+
+
+def spread_error_spearman(mean_map: np.ndarray, spread: np.ndarray, density: np.ndarray) -> Optional[float]:
+    """Spearman correlation over pixels between the spread and |map − ground truth| (both maps
+    min-max scaled at the map's resolution); ``None`` when either is constant (no ranking)."""
+    from scipy.stats import spearmanr
+
+    from salstream.diffsal.maps import normalize_map
+    gt = normalize_map(M.resize_to(np.asarray(density, np.float64), mean_map.shape))
+    err = np.abs(normalize_map(mean_map) - gt).ravel()
+    s = np.asarray(spread, np.float64).ravel()
+    if np.ptp(err) == 0 or np.ptp(s) == 0:
+        return None
+    return float(spearmanr(s, err).statistic)
+
+
+def calibration(windows: list[tuple[float, float, Optional[float]]], bins: int = 3) -> dict[str, Any]:
+    """``windows``: (mean spread, CC, spread/error Spearman) per scored window. The CC of the
+    windows split into ``bins`` equal parts by mean spread (low → high), and the Spearman's mean."""
+    spread = np.array([w[0] for w in windows])
+    ccs = np.array([w[1] for w in windows])
+    rho = [w[2] for w in windows if w[2] is not None]
+    order = np.argsort(spread, kind="stable")
+    parts = [p for p in np.array_split(order, bins) if len(p)]
+    return {"windows": len(windows), "spearman_mean": float(np.mean(rho)) if rho else None,
+            "spearman_median": float(np.median(rho)) if rho else None,
+            "mean_spread": float(spread.mean()) if len(spread) else None,
+            "spread_bins": [[float(spread[p].min()), float(spread[p].max())] for p in parts],
+            "cc_by_spread_bin": [float(ccs[p].mean()) for p in parts],
+            "windows_per_bin": [int(len(p)) for p in parts]}
 
 
 # --------------------------------------------------------------------------- features
@@ -154,15 +202,24 @@ def _other_fixations(videos: list[Video], vi: int, target: int, rng: np.random.G
 
 def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str] = MODES,
              steps: Optional[int] = None, frame_step: int = 6, max_windows: Optional[int] = None,
-             batch: int = 8, seed: int = 0, n_examples: int = 4, progress: bool = True) -> dict:
-    """Score ``runner`` (model or engine) on ``datasets`` = {name: videos}. Returns a JSON-able dict."""
-    from salstream.diffsal.inference import check_mode, predict_from_features
+             batch: int = 8, seed: int = 0, n_examples: int = 4, progress: bool = True,
+             samples: int = 1) -> dict:
+    """Score ``runner`` (model or engine) on ``datasets`` = {name: videos}. Returns a JSON-able dict.
+
+    ``samples`` K > 1: each window's map is the mean of K draws (one batched call), and the
+    result has a ``samples`` part (quality vs k draws, calibration of the spread)."""
+    from salstream.diffsal.inference import MAX_SAMPLES, check_mode, draw_stats, predict_samples
     from salstream.diffsal.preprocess import postprocess_map
     for m in modes:
         check_mode(m)
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise SalstreamError(f"--samples {samples}: must be between 1 and {MAX_SAMPLES}")
     cfg = runner.config
+    ks = sample_counts(samples) if samples > 1 else []
     result: dict[str, Any] = {"profile": cfg.profile, "steps": steps if steps is not None else cfg.default_steps,
-                              "frame_step": frame_step, "seed": seed, "datasets": {}}
+                              "frame_step": frame_step, "seed": seed, "samples": samples, "datasets": {}}
+    if ks:
+        result["sampling"] = {"samples": samples, "k": ks, "datasets": {}}
     examples: list[dict] = []
     per_ds_examples = max(1, math.ceil(n_examples / max(1, len(datasets)))) if n_examples > 0 else 0
     t_start = time.perf_counter()
@@ -176,17 +233,22 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
         per_video: dict[str, dict[str, dict[str, float]]] = {}
         ds_modes = [m for m in modes if m == "video" or all(v.has_audio for v in videos)]
         ds_examples = 0
+        per_video_k: dict[str, dict[str, dict[int, dict[str, float]]]] = {m: {} for m in ds_modes}
+        calib: dict[str, list[tuple[float, float, Optional[float]]]] = {m: [] for m in ds_modes}
         for vi, video in enumerate(videos):
             src = WindowSource(video, cfg)
             cache = VideoFeatures(runner, src, batch) if cfg.per_frame_video else None
             targets = eval_targets(runner, video, frame_step, max_windows)
             rows: dict[str, list[dict[str, float]]] = {m: [] for m in (*ds_modes, BASELINE)}
+            rows_k: dict[str, dict[int, list[dict[str, float]]]] = {m: {k: [] for k in ks} for m in ds_modes}
             for b0 in range(0, len(targets), batch):
                 tb = targets[b0:b0 + batch]
                 dens = [video.density(t) for t in tb]
                 fixs = [video.fixations(t) for t in tb]
                 others = [_other_fixations(videos, vi, t, rng, f.shape) for t, f in zip(tb, fixs)]
                 preds: dict[str, np.ndarray] = {}
+                by_k: dict[str, dict[int, np.ndarray]] = {}
+                spreads: dict[str, np.ndarray] = {}
                 # Encoders once per window; each mode just withholds one modality's features.
                 v_all, a_all = window_features(runner, src, tb, cache, any(m in ("av", "video") for m in ds_modes),
                                                any(m in ("av", "audio") for m in ds_modes))
@@ -194,13 +256,24 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
                     v = v_all if mode in ("av", "video") else None
                     a = a_all if mode in ("av", "audio") else None
                     g = torch.Generator().manual_seed(seed * 1_000_003 + vi * 10_007 + b0)
-                    x0 = predict_from_features(runner, v, a, len(tb), steps, generator=g)
+                    draws = predict_samples(runner, v, a, len(tb), samples, steps, generator=g)
+                    x0, std = draw_stats(draws)
                     preds[mode] = postprocess_map(x0)
+                    if ks:   # the mean of the first k draws (draws are independent: any k of them will do)
+                        by_k[mode] = {k: postprocess_map(draws[:, :k].mean(dim=1)) for k in ks}
+                        spreads[mode] = postprocess_map(std)
                 for k in range(len(tb)):
                     if dens[k].sum() <= 0:
                         continue  # an empty ground-truth map has nothing to score (official code skips it)
                     for mode in ds_modes:
                         rows[mode].append(frame_scores(preds[mode][k], dens[k], fixs[k], others[k], seed))
+                        if ks:
+                            for kk in ks:
+                                rows_k[mode][kk].append(rows[mode][-1] if kk == samples else
+                                                        frame_scores(by_k[mode][kk][k], dens[k], fixs[k], others[k],
+                                                                     seed))
+                            calib[mode].append((float(spreads[mode][k].mean()), rows[mode][-1]["cc"],
+                                                spread_error_spearman(preds[mode][k], spreads[mode][k], dens[k])))
                     rows[BASELINE].append(frame_scores(centre_prior(dens[k].shape), dens[k], fixs[k], others[k], seed))
                     for name, ref in video.references(tb[k]).items():
                         rows.setdefault(name, []).append(frame_scores(ref, dens[k], fixs[k], others[k], seed))
@@ -212,12 +285,20 @@ def evaluate(runner: Any, datasets: dict[str, list[Video]], modes: Sequence[str]
                 if bar is not None:
                     bar.update(len(tb))
             per_video[video.name] = {m: _mean_dicts(r) for m, r in rows.items() if r}
+            for m in ds_modes:
+                if rows_k[m] and rows_k[m][ks[0]]:
+                    per_video_k[m][video.name] = {k: _mean_dicts(r) for k, r in rows_k[m].items()}
         summary = {}
         for m in dict.fromkeys(m for pv in per_video.values() for m in pv):   # modes, centre, references
             vals = [pv[m] for pv in per_video.values() if m in pv]
             if vals:
                 summary[m] = _mean_dicts(vals)
         result["datasets"][ds_name] = {"n_videos": len(videos), "modes": summary, "per_video": per_video}
+        if ks:
+            result["sampling"]["datasets"][ds_name] = {
+                m: {"by_k": {str(k): _mean_dicts([pv[k] for pv in per_video_k[m].values()]) for k in ks},
+                    "calibration": calibration(calib[m])}
+                for m in ds_modes if per_video_k[m]}
     if bar is not None:
         bar.close()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -261,7 +342,72 @@ def markdown_table(result: dict) -> str:
     if len(result["datasets"]) > 1 or any(is_reference(m) and m != BASELINE
                                           for d in result["datasets"].values() for m in d["modes"]):
         lines += ["", cc_table(result).rstrip("\n")]
+    if result.get("sampling"):
+        lines += ["", sampling_table(result)]
     return "\n".join(lines) + "\n"
+
+
+def sampling_table(result: dict) -> str:
+    """Quality of the mean of k draws, and the calibration of the spread, per dataset and mode."""
+    smp = result["sampling"]
+    ks = smp["k"]
+    lines = [f"Mean of k of {smp['samples']} draws per window (CC / NSS), and whether the spread predicts the "
+             "error: Spearman(spread, |map − GT|) per frame (mean), CC of the windows in the lowest / middle / "
+             "highest third of mean spread.", "",
+             "| dataset | mode | " + " | ".join(f"k={k} CC / NSS" for k in ks)
+             + " | Spearman | CC by spread (low / mid / high) |",
+             "|" + "---|" * (4 + len(ks))]
+    for ds, modes in smp["datasets"].items():
+        for mode, d in modes.items():
+            cells = [f"{d['by_k'][str(k)].get('cc', float('nan')):.3f} / {d['by_k'][str(k)].get('nss', float('nan')):.3f}"
+                     for k in ks]
+            c = d["calibration"]
+            rho = "—" if c["spearman_mean"] is None else f"{c['spearman_mean']:.3f}"
+            bins = " / ".join(f"{v:.3f}" for v in c["cc_by_spread_bin"])
+            lines.append(f"| {ds} | {mode} | " + " | ".join(cells) + f" | {rho} | {bins} |")
+    return "\n".join(lines)
+
+
+def sampling_chart(result: dict, path: Path) -> None:
+    """Per dataset: CC and NSS of the mean of k draws vs k, and CC per spread third (calibration)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    smp = result["sampling"]
+    dsets = list(smp["datasets"])
+    fig, axes = plt.subplots(len(dsets), 3, figsize=(13, 3.4 * len(dsets)), squeeze=False)
+    for r, ds in enumerate(dsets):
+        modes = smp["datasets"][ds]
+        for c, metric in enumerate(("cc", "nss")):
+            ax = axes[r][c]
+            for i, (mode, d) in enumerate(modes.items()):
+                ax.plot(smp["k"], [d["by_k"][str(k)].get(metric, np.nan) for k in smp["k"]], "o-", color=f"C{i}",
+                        label=mode)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(smp["k"], [str(k) for k in smp["k"]])
+            ax.set_xlabel("draws averaged (k)")
+            ax.set_title(f"{ds}: {metric.upper()} of the mean map", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        ax = axes[r][2]
+        width = 0.8 / max(1, len(modes))
+        for i, (mode, d) in enumerate(modes.items()):
+            cal = d["calibration"]
+            vals = cal["cc_by_spread_bin"]
+            rho = "n/a" if cal["spearman_mean"] is None else f"{cal['spearman_mean']:.2f}"
+            ax.bar(np.arange(len(vals)) + (i - (len(modes) - 1) / 2) * width, vals, width, color=f"C{i}",
+                   label=f"{mode} (Spearman spread~error {rho})")
+        names = ["low", "mid", "high"] if all(len(d["calibration"]["cc_by_spread_bin"]) == 3
+                                               for d in modes.values()) else None
+        if names:
+            ax.set_xticks(range(3), [f"{n} spread" for n in names])
+        ax.set_ylabel("CC")
+        ax.set_title(f"{ds}: CC of windows by mean spread (K = {smp['samples']})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def bar_chart(result: dict, path: Path) -> None:
@@ -349,6 +495,9 @@ def write_report(result: dict, out: Path) -> dict[str, Path]:
     bar_chart(result, paths["chart"])
     cc_chart(result, paths["cc"])
     example_grid(examples, paths["examples"])
+    if result.get("sampling"):
+        paths["samples"] = out / "samples.png"
+        sampling_chart(result, paths["samples"])
     return paths
 
 
@@ -398,6 +547,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--frame-step", type=number(int, 1, 10_000), default=6, help="score every N-th frame (default 6: even, so lite's "
                    "stride-2 windows only ever need the even frames)")
     p.add_argument("--max-windows", type=COUNT, default=None, help="at most this many frames per video")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="draws per window (one batched call); the scored map is their mean, and with K > 1 the "
+                        "report adds the metrics of the mean of k = 1, 2, 4 … K draws and whether the per-pixel "
+                        "spread predicts the error (samples.png); default %(default)s")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--data-root", type=Path, default=None, help="where synthetic data is written "
                    "(default $SALSTREAM_DATA or ~/.cache/salstream)")
@@ -417,6 +570,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SalstreamError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    from salstream.diffsal.inference import MAX_SAMPLES
+    if not 1 <= args.samples <= MAX_SAMPLES:       # before the model and the data load
+        raise SalstreamError(f"--samples {args.samples}: must be between 1 and {MAX_SAMPLES} (draws per window)")
     from salstream.diffsal.registry import bundled_weights
     ckpt = Path(args.checkpoint) if args.checkpoint else bundled_weights("lite")
     if ckpt is None or not ckpt.is_file():
@@ -425,7 +581,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(ckpt)
     data = resolve_data(args.data, args.split, args.clips, args.fold, n_frames=args.frames, cache_root=args.data_root)
     result = evaluate(model, data, modes, steps=args.steps, frame_step=args.frame_step,
-                      max_windows=args.max_windows, seed=args.seed)
+                      max_windows=args.max_windows, seed=args.seed, samples=args.samples)
     result["checkpoint"] = ckpt.name
     result["data"] = args.data if args.data == "synthetic" else Path(args.data).name
     result["split"] = args.split

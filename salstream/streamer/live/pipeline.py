@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
+from salstream.diffsal.inference import MAX_SAMPLES
 from salstream.errors import SalstreamError
 from salstream.redact import redact
 from salstream.streamer.live.assembler import MODE_CHOICES, WindowAssembler
@@ -64,6 +65,7 @@ class PipelineOptions:
     reconnect_max_delay: float = 0.25         # s, cap of the doubling wait between attempts
     stall_frames: float = 30.0        # live sources: no frame for this many frame intervals marks a gap (0: off)
     heartbeat_s: float = 1.0          # status/<stream> heartbeat period
+    samples: int = 1                 # draws per window: map = their mean, conf/<stream> = their spread
 
     def validate(self) -> None:
         for name in ("batch_deadline_ms", "audio_wait_ms", "wait_subscriber", "duration", "reconnect_max_delay",
@@ -91,6 +93,9 @@ class PipelineOptions:
             raise SalstreamError(f"--mode {self.mode}: choose one of {', '.join(MODE_CHOICES)}")
         if self.warm_start is not None and not 0 <= self.warm_start < 1000:
             raise SalstreamError(f"--warm-start {self.warm_start}: must be a timestep in 0…999 (e.g. 250)")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise SalstreamError(f"--samples {self.samples}: must be between 1 and {MAX_SAMPLES} (draws per map; "
+                                 "1 = one draw, no spread)")
         if not 0 <= self.max_new_frames <= 10_000:
             raise SalstreamError(f"--max-new-frames {self.max_new_frames}: must be >= 0 (0 = no cap)")
         if not 0 <= self.wait_subscriber <= 86_400:
@@ -113,7 +118,9 @@ class MapConsumer(Protocol):
     ``start`` is called once the sources are open (before any unit), ``on_unit`` from the
     reader threads for every unit the pipeline takes, ``on_map`` from the scheduler's
     thread after each map went out; neither may block. ``close(failed)`` ends it; the
-    lines of ``summary()`` join the run summary.
+    lines of ``summary()`` join the run summary. A consumer that defines
+    ``on_spread(header, spread)`` also gets each map's per-pixel spread (``samples`` > 1),
+    just before ``on_map`` of the same map.
     """
 
     def start(self, sources: Sequence[Any], publisher: Publisher) -> None: ...
@@ -219,7 +226,7 @@ class Pipeline:
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
                                        seed=o.seed, max_new_frames=o.max_new_frames or None,
-                                       warm_start=o.warm_start, cpu_meter=self.cpu)
+                                       warm_start=o.warm_start, cpu_meter=self.cpu, samples=o.samples)
             for s in self._sources:
                 self.assemblers[s.stream_id] = WindowAssembler(
                     engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
@@ -232,9 +239,10 @@ class Pipeline:
             for c in self.consumers:
                 c.start(self._sources, self.publisher)
                 started.append(c)
-            log.info("%s %s maps%s (engine %s, %d steps)", "publishing" if self.endpoint else "computing",
+            log.info("%s %s maps%s (engine %s, %d steps%s)", "publishing" if self.endpoint else "computing",
                      engine.config.profile, f" on {self.endpoint}" if self.endpoint else "",
-                     getattr(engine, "name", "?"), self.scheduler.steps)
+                     getattr(engine, "name", "?"), self.scheduler.steps,
+                     f", mean of {o.samples} draws, spread on conf/<stream>" if o.samples > 1 else "")
             if o.wait_subscriber > 0 and self.endpoint:
                 log.info("waiting up to %.0f s for a subscriber on %s", o.wait_subscriber, self.endpoint)
                 if not self.publisher.wait_for_subscriber(o.wait_subscriber, stop=self._stop) and not self._stop.is_set():
@@ -378,7 +386,8 @@ class Pipeline:
             engine=getattr(self.engine, "name", type(self.engine).__name__), steps=res.steps, batch=res.batch,
             flags=flags, source_shape=list(w.image.shape[:2]), gaps=new_gaps or None,
             window={"frames": len(w.frame_indices), "first_frame": w.frame_indices[0],
-                    "audio_end_pts": w.audio_end_pts})
+                    "audio_end_pts": w.audio_end_pts},
+            extra={"samples": res.samples} if res.samples > 1 else {})
 
     def _on_result(self, res: MapResult) -> None:
         w = res.window
@@ -387,10 +396,14 @@ class Pipeline:
             self.publisher.send_frame(w.stream_id, w.target_index, w.target_pts, w.target_capture, w.image)
         c1 = time.thread_time()
         h = self.publisher.publish_map(self.map_header(res), res.saliency, started=res.done_time)
+        if res.spread is not None:                      # right after its map, under the same header
+            self.publisher.publish_conf(h, res.spread)
         self.cpu.add("preview", c1 - c0)                # JPEG of the frame for remote overlays
         self.cpu.add("publish", time.thread_time() - c1)
         self.stats.add(h)
         for c in self.consumers:
+            if res.spread is not None and hasattr(c, "on_spread"):
+                c.on_spread(h, res.spread)
             c.on_map(h, res.saliency)
 
     def _summary(self, seconds: float) -> RunSummary:

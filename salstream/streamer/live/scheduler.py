@@ -34,6 +34,11 @@ Latency
     stages), ``video_encoder``, ``audio_encoder``, ``denoise`` (one entry per DDIM step),
     ``postprocess``; the publisher adds ``publish``. Encoder and step times are those of
     the whole batch. ``MapResult.cpu_ms`` holds the CPU time (thread time) of each stage.
+Several draws per window (``samples`` K > 1)
+    Each window's features (encoded once) are repeated K times and the K draws of every
+    window in the batch go through the DDIM loop together
+    (:func:`~salstream.diffsal.inference.predict_samples`); the map is their mean and
+    ``MapResult.spread`` their per-pixel standard deviation, both post-processed alike.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ import numpy as np
 import torch
 
 from salstream.diffsal.features import FeatureCache, cat_batch
-from salstream.diffsal.inference import predict_from_features
+from salstream.diffsal.inference import MAX_SAMPLES, draw_stats, predict_samples
 from salstream.diffsal.models.base import stack_time
 from salstream.errors import SalstreamError
 from salstream.streamer.live.assembler import Window
@@ -69,6 +74,8 @@ class MapResult:
     done_time: float                     # monotonic, after post-processing
     cpu_ms: dict[str, float] = field(default_factory=dict)   # thread CPU time per stage (whole batch)
     extra: dict = field(default_factory=dict)
+    spread: Optional[np.ndarray] = None  # (h, w) float32 std of the K draws (samples > 1), else None
+    samples: int = 1
 
 
 @dataclass
@@ -94,15 +101,19 @@ class Scheduler:
     :meth:`_limit_new_frames`). ``warm_start``: a timestep (e.g. 250); each window then
     starts from its stream's previous map noised to that time and runs only the steps at
     or below it (``flags["warm_start"]``); ``None`` starts every window from pure noise.
+    ``samples``: draws per window (the map is their mean, ``MapResult.spread`` their spread).
     """
 
     def __init__(self, engine: Any, *, steps: Optional[int] = None, max_batch: int = 4,
                  batch_deadline: float = 0.005, on_result: Optional[Callable[[MapResult], None]] = None,
                  seed: int = 0, postprocess: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic,
                  max_new_frames: Optional[int] = 4, warm_start: Optional[int] = None,
-                 cpu_meter: Optional[Any] = None):
+                 cpu_meter: Optional[Any] = None, samples: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not 1 <= samples <= MAX_SAMPLES:
+            raise ValueError(f"samples must be in 1…{MAX_SAMPLES}, got {samples}")
+        self.samples = int(samples)
         self.engine = engine
         self.cfg = engine.config
         self.steps = int(steps if steps is not None else self.cfg.default_steps)
@@ -312,14 +323,17 @@ class Scheduler:
             warm = {"warm_start": torch.cat(prev), "warm_start_timestep": self.warm_start}
             for w in windows:
                 w.flags["warm_start"] = True
-        x0 = predict_from_features(eng, job.video, job.audio, n, self.steps, generator=self._gen,
-                                   device=self._device, step_callback=lambda t, x: marks.append(self._clock()),
-                                   **warm)
+        draws = predict_samples(eng, job.video, job.audio, n, self.samples, self.steps, generator=self._gen,
+                                device=self._device, step_callback=lambda t, x: marks.append(self._clock()),
+                                **warm)
+        x0, std = draw_stats(draws)
         if self.warm_start is not None:
             for i, w in enumerate(windows):
                 self._prev_maps[w.stream_id] = x0[i:i + 1].detach()
         c1 = time.thread_time()
         maps = np.asarray(self._postprocess(x0), dtype=np.float32).reshape(n, *cfg.map_size)
+        spreads = None if std is None else \
+            np.asarray(self._postprocess(std), dtype=np.float32).reshape(n, *cfg.map_size)
         t_post = self._clock()
         cpu = dict(job.cpu_ms, denoise=(c1 - c0) * 1000.0, postprocess=(time.thread_time() - c1) * 1000.0)
         steps_ms, prev = [], t_begin
@@ -342,7 +356,8 @@ class Scheduler:
                 "postprocess": (t_post - prev) * 1000.0,
             }
             res = MapResult(window=w, saliency=maps[i], latency_ms=lat, batch=n, steps=len(steps_ms),
-                            dropped=self.dropped[w.stream_id], done_time=t_post, cpu_ms=cpu)
+                            dropped=self.dropped[w.stream_id], done_time=t_post, cpu_ms=cpu,
+                            spread=None if spreads is None else spreads[i], samples=self.samples)
             if self.on_result is not None:
                 self.on_result(res)
 

@@ -5,6 +5,9 @@ side channels it does not know, are skipped by the subscriber) in its own thread
 keeps only the **newest** map of each stream with its frame: browsers and MJPEG clients
 read that state when they are ready for more, so a slow client skips maps instead of
 growing a queue. When the publisher restarts, ZeroMQ reconnects and maps flow again.
+A map sampled K times (``samples`` in its header) waits for its spread (``conf/<stream>``,
+sent right after it) so both reach the page together; if the spread never comes, the map
+goes on alone at the next message or after a short wait.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from salstream.streamer.wire import format as wire
-from salstream.streamer.wire.format import FrameMessage, MapMessage, WireError
+from salstream.streamer.wire.format import ConfMessage, FrameMessage, MapMessage, WireError
 
 log = logging.getLogger("salstream.web")
 
@@ -36,6 +39,9 @@ class Latest:
     map_info: dict                     # what the page shows: frame_index, pts, mode, flags, latency…
     frame_jpeg: Optional[bytes]        # the newest preview at or before the map's frame (None: --no-frames)
     frame_info: Optional[dict]
+    # With --samples K: the per-pixel spread of the draws, rows × cols, round(255 · min(1, 2 · std))
+    # (the std of values in [0, 1] is at most 0.5), else None.
+    spread_u8: Optional[bytes] = None
 
 
 class MapBridge:
@@ -56,6 +62,7 @@ class MapBridge:
         self._arrival: dict[str, float] = {}                # newest map's arrival per stream
         self._overlays: dict[str, tuple[int, bytes]] = {}   # server-side overlay JPEG per version
         self._versions = itertools.count(1)
+        self._waiting: dict[str, MapMessage] = {}           # a map whose spread should follow
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.maps = 0
@@ -78,25 +85,40 @@ class MapBridge:
 
     def _run(self) -> None:
         from salstream.streamer.wire.subscriber import Subscriber
-        with Subscriber(self.address, kinds={wire.MAP, wire.FRAME}) as sub:
+        with Subscriber(self.address, kinds={wire.MAP, wire.FRAME, wire.CONF}) as sub:
             while not self._stop.is_set():
-                msg = sub.recv(timeout=0.2)
+                msg = sub.recv(timeout=0.2 if not self._waiting else 0.05)
                 self.missed = sub.missed
                 try:
+                    if msg is None or (not isinstance(msg, ConfMessage) and msg.stream in self._waiting):
+                        for stream in [s for s in self._waiting if msg is None or s == msg.stream]:
+                            self._show(self._waiting.pop(stream))       # its spread did not come
                     if isinstance(msg, FrameMessage):
                         with self._lock:
                             self._frames[msg.stream] = msg
                     elif isinstance(msg, MapMessage):
-                        self._add_map(msg)
-                        if self.on_change is not None:
-                            self.on_change(msg.stream)
+                        samples = msg.header.extra.get("samples")
+                        if isinstance(samples, int) and not isinstance(samples, bool) and samples > 1:
+                            self._waiting[msg.stream] = msg
+                        else:
+                            self._show(msg)
+                    elif isinstance(msg, ConfMessage):
+                        waiting = self._waiting.get(msg.stream)
+                        if waiting is not None and waiting.header.seq == msg.seq and \
+                                waiting.saliency.shape == msg.spread.shape:
+                            self._show(self._waiting.pop(msg.stream), msg.spread)
                 except Exception:      # one message the viewer cannot show must not end the viewer
                     self.own_errors += 1
                     log.exception("stream %s: skipped a message the viewer could not use",
                                   getattr(msg, "stream", "?"))
                 self.bad_messages = sub.bad_messages + self.own_errors
 
-    def _add_map(self, msg: MapMessage) -> None:
+    def _show(self, msg: MapMessage, spread: Optional[np.ndarray] = None) -> None:
+        self._add_map(msg, spread)
+        if self.on_change is not None:
+            self.on_change(msg.stream)
+
+    def _add_map(self, msg: MapMessage, spread: Optional[np.ndarray] = None) -> None:
         h = msg.header
         latency = (h.publish_time - h.capture_time) * 1000.0
         info = {"stream": msg.stream, "seq": h.seq, "frame_index": h.frame_index, "pts": h.pts, "mode": h.mode,
@@ -104,6 +126,10 @@ class MapBridge:
                 "source_shape": h.source_shape, "dropped": h.dropped, "profile": h.profile, "engine": h.engine,
                 "steps": h.steps}
         payload = wire.encode_map_payload(msg.saliency, "uint8")
+        spread_u8 = None
+        if spread is not None:
+            info["samples"] = msg.header.extra["samples"]
+            spread_u8 = wire.encode_map_payload(np.minimum(1.0, 2.0 * spread), "uint8")
         now = time.monotonic()
         with self._lock:
             frame = self._frames.get(msg.stream)
@@ -112,7 +138,7 @@ class MapBridge:
             frame_info = None if frame is None else {"stream": msg.stream, "frame_index": frame.frame_index,
                                                      "pts": frame.pts}
             self._latest[msg.stream] = Latest(msg.stream, next(self._versions), payload, info,
-                                              None if frame is None else frame.jpeg, frame_info)
+                                              None if frame is None else frame.jpeg, frame_info, spread_u8)
             recent = self._recent.setdefault(msg.stream, deque())
             recent.append((now, latency))
             self._prune(recent, now)

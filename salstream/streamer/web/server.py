@@ -316,7 +316,11 @@ class WebViewer:
                     # Each send waits while the browser is slow, so what follows is always the newest state.
                     if latest.frame_jpeg is not None:
                         await ws.send_bytes(_packed({"type": "frame", **latest.frame_info}, latest.frame_jpeg))
-                    await ws.send_bytes(_packed({"type": "map", **latest.map_info}, latest.map_u8))
+                    if latest.spread_u8 is None:
+                        await ws.send_bytes(_packed({"type": "map", **latest.map_info}, latest.map_u8))
+                    else:   # the spread rides with its map: the payload is the map, then the spread
+                        await ws.send_bytes(_packed({"type": "map", "spread": True, **latest.map_info},
+                                                    latest.map_u8 + latest.spread_u8))
                     sent[stream] = latest.version
                 if loop.time() >= next_stats:
                     next_stats = loop.time() + 1.0

@@ -8,7 +8,8 @@ Every message is three ZeroMQ frames (one multipart message)::
     UTF-8. A map's topic is its stream id exactly (``b"0"``); stream ids never contain
     ``/``, which is reserved for side channels of a stream on the same socket,
     ``<kind>/<stream id>``: ``frame/`` (JPEG previews), ``roi/`` (encoder regions) and
-    ``status/`` (heartbeats: ``live``/``reconnecting``/``ended``, empty payload).
+    ``status/`` (heartbeats: ``live``/``reconnecting``/``ended``, empty payload) and
+    ``conf/`` (per-pixel spread of a map sampled several times, ``--samples K``).
     Clients skip side channels they do not know. ZeroMQ subscriptions match by prefix,
     so a subscriber compares the topic exactly after receiving.
 ``header``
@@ -18,7 +19,9 @@ Every message is three ZeroMQ frames (one multipart message)::
     map: the map as a C-order array of ``shape`` (rows, columns) in ``dtype``:
     ``"float32"`` little-endian in [0, 1], or ``"uint8"`` (value = round(255 · map)).
     frame: a JPEG of the target frame (RGB). roi: the block QP offsets, float32
-    little-endian, ``shape`` (rows, columns).
+    little-endian, ``shape`` (rows, columns). conf: the per-pixel standard deviation of
+    the map's K draws, float32 little-endian, the map's ``shape``; its header is the map's
+    (same ``seq``, ``frame_index``, times) with ``kind: "conf"`` and ``dtype: "float32"``.
 
 Times: ``pts`` is the media clock of the source (seconds); ``capture_time`` and
 ``publish_time`` are the publisher host's monotonic clock (seconds); ``publish_wall``
@@ -51,9 +54,9 @@ PAYLOAD_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 # The largest single message part this format allows (a MAX_SIDE² float32 map).
 MAX_MESSAGE_PART_BYTES = MAX_SIDE * MAX_SIDE * 4
 
-MAP, FRAME, ROI, STATUS = "map", "frame", "roi", "status"
-KINDS = (MAP, FRAME, ROI, STATUS)
-SIDE_CHANNELS = (FRAME, ROI, STATUS)  # kinds published under "<kind>/<stream id>"
+MAP, FRAME, ROI, STATUS, CONF = "map", "frame", "roi", "status", "conf"
+KINDS = (MAP, FRAME, ROI, STATUS, CONF)
+SIDE_CHANNELS = (FRAME, ROI, STATUS, CONF)  # kinds published under "<kind>/<stream id>"
 # status/<stream>: a heartbeat (about once a second, and at once on a change) saying whether
 # the stream is "live", "reconnecting" (its source is down) or "ended".
 STATES = ("live", "reconnecting", "ended")
@@ -267,12 +270,13 @@ class MapHeader:
         return dump_header(self.to_dict())
 
     @classmethod
-    def from_dict(cls, h: Mapping[str, Any]) -> "MapHeader":
-        """Validate a received header (types, ranges, sizes) and build the typed view."""
-        k = "map"
+    def from_dict(cls, h: Mapping[str, Any], kind: str = MAP) -> "MapHeader":
+        """Validate a received header (types, ranges, sizes) and build the typed view.
+        ``kind``: ``"map"``, or ``"conf"`` for a map's spread (same fields)."""
+        k = kind
         _check_version(h)
-        if h.get("kind") != MAP:
-            raise WireError(f"header kind {h.get('kind')!r} is not 'map'")
+        if h.get("kind") != kind:
+            raise WireError(f"header kind {h.get('kind')!r} is not {kind!r}")
         mode = _str(h, "mode", k)
         if mode not in MODES:
             raise _fail(k, "mode", mode, f"one of {', '.join(MODES)}")
@@ -404,6 +408,17 @@ def pack_map(header: MapHeader, shape: tuple[int, ...], payload: bytes) -> list[
     return [map_topic(h.stream), h.to_json(), payload]
 
 
+def encode_conf(header: "MapHeader | Mapping[str, Any]", spread: np.ndarray) -> list[bytes]:
+    """``conf/<stream>``: the per-pixel spread of a map's draws, under that map's header
+    (``kind: "conf"``, always float32 whatever the map's payload dtype)."""
+    m = np.asarray(spread, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"a spread must be 2-D (H, W), got shape {m.shape}")
+    h = MapHeader.of(header).replace(shape=tuple(int(s) for s in m.shape), dtype="float32")
+    d = dict(h.to_dict(), kind=CONF)
+    return [topic(CONF, h.stream), dump_header(d), np.ascontiguousarray(m, dtype=PAYLOAD_DTYPES["float32"]).tobytes()]
+
+
 def encode_frame(header: Mapping[str, Any], jpeg: bytes) -> list[bytes]:
     header = dict(header, version=FORMAT_VERSION, kind=FRAME, encoding="jpeg")
     return [frame_topic(header["stream"]), dump_header(header), jpeg]
@@ -515,7 +530,26 @@ class StatusMessage:
     kind = STATUS
 
 
-Message = Union[MapMessage, FrameMessage, RoiMessage, StatusMessage]
+
+@dataclass
+class ConfMessage:
+    """The per-pixel spread (standard deviation of the K draws, float32 (H, W), >= 0) of the map
+    with the same stream and ``seq``; ``header`` is that map's header."""
+    stream: str
+    header: MapHeader
+    spread: np.ndarray
+    kind = CONF
+
+    @property
+    def frame_index(self) -> int:
+        return self.header.frame_index
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+
+Message = Union[MapMessage, FrameMessage, RoiMessage, StatusMessage, ConfMessage]
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -569,6 +603,8 @@ def decode(parts: list[bytes]) -> Message:
         return _decode_roi(stream, header, payload)
     if kind == STATUS:
         return _decode_status(stream, header, payload)
+    if kind == CONF:
+        return _decode_conf(header, payload)
     raise WireError(f"unknown message kind {kind!r}")
 
 
@@ -584,6 +620,18 @@ def _decode_map(header: dict, payload: bytes) -> MapMessage:
     if h.dtype == "float32" and not np.all(np.isfinite(sal)):
         raise WireError(f"stream {h.stream}: map {h.frame_index} holds NaN or infinity")
     return MapMessage(h.stream, h, sal, raw)
+
+
+def _decode_conf(header: dict, payload: bytes) -> ConfMessage:
+    h = MapHeader.from_dict(header, kind=CONF)
+    rows, cols = h.shape
+    if h.dtype != "float32" or len(payload) != rows * cols * 4:
+        raise WireError(f"conf payload is {len(payload)} bytes ({h.dtype}); header says {rows}×{cols} float32 "
+                        f"= {rows * cols * 4} bytes")
+    spread = np.frombuffer(payload, dtype=PAYLOAD_DTYPES["float32"]).reshape(rows, cols).astype(np.float32)
+    if not np.all(np.isfinite(spread)) or spread.min() < 0:
+        raise WireError(f"stream {h.stream}: spread of map {h.frame_index} holds negative, NaN or infinite values")
+    return ConfMessage(h.stream, h, spread)
 
 
 def _decode_frame(stream: str, header: dict, payload: bytes) -> FrameMessage:

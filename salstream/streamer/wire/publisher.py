@@ -191,6 +191,15 @@ class Publisher:
         with self._lock:
             self._send(parts)
 
+    def publish_conf(self, header: wire.MapHeader, spread: np.ndarray) -> bool:
+        """Send the per-pixel spread of a map on ``conf/<stream>``, under the header ``publish_map``
+        returned for that map (same ``seq`` and times). Never blocks; False when nothing went out."""
+        if self._sock is None:
+            return False
+        parts = wire.encode_conf(header, spread)
+        with self._lock:
+            return self._send(parts)
+
     def send_frame(self, stream_id: str, frame_index: int, pts: float, capture_time: float,
                    image_rgb: np.ndarray) -> None:
         """Send a JPEG preview of a frame (topic ``frame/<stream>``) for remote overlays."""

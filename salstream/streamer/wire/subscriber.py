@@ -18,9 +18,17 @@ from typing import Iterable, Iterator, Optional
 import zmq
 
 from salstream.streamer.wire import format as wire
-from salstream.streamer.wire.format import FrameMessage, MapMessage, Message, RoiMessage, StatusMessage, WireError
+from salstream.streamer.wire.format import (
+    ConfMessage,
+    FrameMessage,
+    MapMessage,
+    Message,
+    RoiMessage,
+    StatusMessage,
+    WireError,
+)
 
-__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "StatusMessage", "WireError"]
+__all__ = ["Subscriber", "MapMessage", "FrameMessage", "RoiMessage", "StatusMessage", "ConfMessage", "WireError"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20     # largest message part accepted by default
 DEFAULT_MAX_QUEUED_BYTES = 256 << 20    # most a slow client queues (hwm × largest part)
@@ -31,8 +39,9 @@ class Subscriber:
 
     ``streams``: stream ids to receive (``None``: all). ``kinds``: message kinds to receive,
     any of ``"map"``, ``"frame"`` (JPEG previews), ``"roi"`` (encoder regions), ``"status"``
-    (heartbeats: live / reconnecting / ended); default maps only, plus previews when
-    ``frames=True``. ``hwm``: messages queued here before
+    (heartbeats: live / reconnecting / ended), ``"conf"`` (per-pixel spread of maps sampled
+    K times, :class:`ConfMessage`, sent right after its map with the same ``seq``); default
+    maps only, plus previews when ``frames=True``. ``hwm``: messages queued here before
     ZeroMQ drops. ``max_message_bytes``: ZeroMQ drops the connection of a peer that sends
     a larger message part instead of buffering it (default 4 MiB: a 1024×1024 float32 map
     or a large preview; raise it for bigger maps, up to the format's limit

@@ -27,7 +27,7 @@ for (const [name, f] of Object.entries(COLORMAPS)) {
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  opacity: $("opacity"), colormap: $("colormap"), stretch: $("stretch"), pause: $("pause"),
+  opacity: $("opacity"), colormap: $("colormap"), stretch: $("stretch"), show: $("show"), pause: $("pause"),
   snapshot: $("snapshot"), picker: $("picker"), tiles: $("tiles"), waiting: $("waiting"),
   connection: $("connection"), chart: $("chart"), chartTitle: $("chart-title"),
 };
@@ -97,14 +97,17 @@ function draw(tile) {
   const img = hctx.createImageData(cols, rows);
   const lut = LUTS[ui.colormap.value] || LUTS.jet;
   const opacity = Number(ui.opacity.value);
+  // "spread": where the K draws of the map disagree (published with --samples K), instead of the map.
+  const layer = ui.show.value === "spread" && m.spread ? "spread" : "map";
+  const values = layer === "spread" ? m.spread : m.data;
   let lo = 0, hi = 255;
   if (ui.stretch.checked) {
     lo = 255; hi = 0;
-    for (const v of m.data) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    for (const v of values) { if (v < lo) lo = v; if (v > hi) hi = v; }
   }
   const span = hi > lo ? 255 / (hi - lo) : 0;
-  for (let i = 0; i < m.data.length; i++) {
-    const v = span ? Math.round((m.data[i] - lo) * span) : 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = span ? Math.round((values[i] - lo) * span) : 0;
     img.data[i * 4] = lut[v * 3]; img.data[i * 4 + 1] = lut[v * 3 + 1]; img.data[i * 4 + 2] = lut[v * 3 + 2];
     img.data[i * 4 + 3] = Math.round(opacity * v);
   }
@@ -116,6 +119,7 @@ function draw(tile) {
   state.shown[tile.sid] = {
     frame_index: m.info.frame_index, pts: m.info.pts, mode: m.info.mode, flags: m.info.flags,
     frame_matched: !!frame && frame.index === m.info.frame_index, width: canvas.width, height: canvas.height,
+    layer, has_spread: !!m.spread,
   };
   caption(tile);
 }
@@ -128,6 +132,9 @@ function caption(tile) {
     const badges = [`<span class="mode ${esc(m.info.mode)}">${modeName(m.info.mode)}</span>`];
     for (const [k, v] of Object.entries(m.info.flags || {})) {
       if (v) badges.push(`<span class="flag">${esc(k.replace(/_/g, " "))}${v === true ? "" : " " + esc(v)}</span>`);
+    }
+    if (m.spread) {
+      badges.push(`<span class="flag">${ui.show.value === "spread" ? "spread of" : "mean of"} ${esc(m.info.samples)} draws</span>`);
     }
     parts.push(badges.join(" "));
   }
@@ -171,15 +178,19 @@ function onFrame(info, jpeg) {
   }).catch(() => {});
 }
 
-function onMap(info, data) {
+function onMap(info, payload) {
   state.received.maps++;
   const tile = tileFor(info.stream);
-  if (state.paused) { tile.pending = { info, data }; return; }
+  const n = info.shape[0] * info.shape[1];
+  // With --samples K the payload is the map, then its per-pixel spread (same size).
+  const data = info.spread ? payload.subarray(0, n) : payload;
+  const spread = info.spread && payload.length === 2 * n ? payload.subarray(n) : null;
+  if (state.paused) { tile.pending = { info, data, spread }; return; }
   if (tile.map && info.frame_index < tile.map.info.frame_index - 1) {
     // The publisher restarted: frame indices begin again and the old previews no longer belong.
     tile.frames = tile.frames.filter((f) => f.index <= info.frame_index);
   }
-  tile.map = { info, data, frame: frameFor(tile, info.frame_index) };
+  tile.map = { info, data, spread, frame: frameFor(tile, info.frame_index) };
   tile.dirty = true;
   redrawSoon();
 }
@@ -236,6 +247,7 @@ function redrawAll() { for (const t of tiles.values()) if (t.map) { t.dirty = tr
 ui.opacity.addEventListener("input", redrawAll);
 ui.colormap.addEventListener("change", redrawAll);
 ui.stretch.addEventListener("change", redrawAll);
+ui.show.addEventListener("change", redrawAll);
 ui.pause.addEventListener("click", () => {
   state.paused = !state.paused;
   ui.pause.textContent = state.paused ? "resume" : "pause";
