@@ -2,7 +2,13 @@
 two-node Ray cluster (skipped when the 'serve' extra is not installed)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +21,12 @@ from salstream.serve.resume import ContinuedSource, Resume
 from salstream.streamer.live.pipeline import PipelineOptions
 from salstream.streamer.live.sources import open_source
 from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
+from salstream.streamer.wire import format as wire
 from salstream.streamer.wire.subscriber import Subscriber
+from tests.support.rtsp import free_port
 from tests.support.serve import TinyEngine, collect_maps
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------------- stream lists
@@ -53,6 +63,40 @@ def test_no_streams_and_missing_config_are_clear():
         stream_specs([], None)
     with pytest.raises(SalstreamError, match="no such file"):
         stream_specs(None, "missing.yaml")
+
+
+# ---------------------------------------------------------------------------------- command line
+def test_serve_help_has_run_options_and_cluster_options(capsys):
+    from salstream import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--source", "--profile", "--engine", "--steps", "--hop", "--publish", "--allow-remote",
+                "--max-batch", "--config", "--replicas", "--ray-address", "--replica-gpus", "streams.yaml"):
+        assert opt in text, opt
+    assert "--record" not in text and "--mic" not in text     # one machine's consumers stay with `run`
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--source", "synthetic", "--replicas", "0"], "--replicas 0"),
+    (["--config", "missing.yaml"], "missing.yaml"),
+    ([], "--source SPEC"),
+    (["--source", "synthetic", "--steps", "0"], "--steps 0"),
+])
+def test_serve_bad_input_is_one_line_before_any_cluster_starts(argv, needle, capsys):
+    from salstream import cli
+    code = cli.main(["serve", "--publish", "tcp://127.0.0.1:*", *argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("salstream serve: error")]
+    assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_serve_without_ray_says_which_extra_to_install(monkeypatch, capsys):
+    from salstream import cli
+    monkeypatch.setitem(sys.modules, "ray", None)            # as if the extra were not installed
+    assert cli.main(["serve", "--source", "synthetic", "--publish", "tcp://127.0.0.1:*"]) == 2
+    assert "pip install 'salstream[serve]'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- moved clocks
@@ -146,3 +190,148 @@ def test_a_source_that_cannot_open_fails_its_call_only(forwarded_replica):
     assert rep.status()["error"] is None
     rep.add_stream("b", "synthetic:2")
     assert rep.status()["running"] == ["b"]
+
+
+# ---------------------------------------------------------------------------------- Ray
+def _need_ray():
+    return pytest.importorskip("ray", reason="the cluster tests need the 'serve' extra (pip install '.[serve]')")
+
+
+def _with_repo_on_path(env: dict) -> dict:
+    # Replicas run in Ray's worker processes: they import salstream and tests.support from this checkout.
+    return dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+
+
+@pytest.mark.ray
+def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoint):
+    _need_ray()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "salstream", "serve", "--source", "synthetic", "--source", "synthetic:1",
+         "--replicas", "2", "--publish", f"tcp://127.0.0.1:{port}", "--checkpoint", str(small_checkpoint),
+         "--engine", "torch", "--threads", "1", "--steps", "1", "--no-frames", "--replica-cpus", "0.5"],
+        cwd=REPO, env=_with_repo_on_path(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+            maps = collect_maps(sub, lambda m: len(m["0"]) >= 3 and len(m["1"]) >= 3, timeout=120)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(maps["0"]) >= 3 and len(maps["1"]) >= 3, err[-2000:]
+    for sid in ("0", "1"):
+        assert not wire.missing_fields(maps[sid][0][1].header)
+        assert np.all(np.diff([m.pts for _, m in maps[sid]]) > 0)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGINT, finishing" in err and "maps in" in out and "replica r0" in out and "replica r1" in out
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A real Ray cluster of two nodes on this machine (Ray's own test utility), one CPU each."""
+    ray = _need_ray()
+    from ray.cluster_utils import Cluster
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = _with_repo_on_path(dict(os.environ))["PYTHONPATH"]
+    node = {"num_cpus": 1, "object_store_memory": 100 << 20}
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args=dict(node, include_dashboard=False))
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+class RunningCluster:
+    """A :class:`ClusterController` run in a thread (as the command does in its main thread)."""
+
+    def __init__(self, ctl):
+        self.ctl, self.summary, self.error = ctl, None, None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert ctl.ready.wait(120) and self.error is None, self.error
+
+    def _run(self):
+        try:
+            self.summary = self.ctl.run()
+        except BaseException as exc:
+            self.error = exc
+            self.ctl.ready.set()
+
+    def stop(self):
+        self.ctl.stop()
+        self._thread.join(120)
+        assert not self._thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.summary
+
+
+@pytest.mark.ray
+def test_four_streams_over_two_nodes_survive_a_killed_replica(two_nodes):
+    from salstream.serve.controller import ClusterController
+
+    streams = [StreamSpec(f"cam{i}", f"synthetic:{i}") for i in range(4)]
+    ctl = ClusterController(OPTS, TinyEngine(), streams, replicas=2, replica_cpus=0.5, health_interval=0.25)
+    run = RunningCluster(ctl)
+    try:
+        with Subscriber(ctl.endpoint) as sub:
+            ids = [s.stream_id for s in streams]
+            before = collect_maps(sub, lambda m: all(len(m[i]) >= 8 for i in ids), timeout=90)
+            assert all(len(before[i]) >= 8 for i in ids), {i: len(before[i]) for i in ids}
+            # Spread: two streams on each replica, and each replica on its own node.
+            placement = {i: ctl.replica_of(i) for i in ids}
+            assert sorted(placement.values()) == ["r0", "r0", "r1", "r1"]
+            assert len({r.info["pid"] for r in ctl.replicas}) == 2
+            assert len({r.info["node"] for r in ctl.replicas}) == 2 and None not in {r.info["node"] for r in ctl.replicas}
+
+            victim = ctl.replicas[1]
+            moved = [i for i in ids if placement[i] == victim.name]
+            kept = [i for i in ids if i not in moved]
+            os.kill(victim.info["pid"], signal.SIGKILL)         # the replica's process dies
+            killed = time.monotonic()
+
+            def back(m):
+                return all(len(_since_gap(m[i])) >= 3 for i in moved) and all(len(m[i]) >= 3 for i in kept)
+            after = collect_maps(sub, back, timeout=30)
+        summary = run.stop()
+    finally:
+        if run._thread.is_alive():
+            run.stop()
+
+    for i in ids:
+        every = before[i] + after[i]                         # one stream each, as subscribers see it
+        assert np.all(np.diff([m.pts for _, m in every]) > 0), i
+        assert np.all(np.diff([m.frame_index for _, m in every]) > 0), i
+        assert np.all(np.diff([m.header.seq for _, m in every]) > 0), i
+        assert not wire.missing_fields(every[-1][1].header)
+        gaps = [k for k, (_, m) in enumerate(every) if m.header.flags.get("gap")]
+        if i in kept:                                        # the other streams were not disturbed
+            assert not gaps, i
+            continue
+        assert len(gaps) == 1 and len(every) - gaps[0] >= 3, f"stream {i} did not come back"
+        t_first, first = every[gaps[0]]
+        assert t_first - killed < 5.0, f"stream {i} resumed {t_first - killed:.1f} s after the kill"
+        gap = first.header.gaps[0]
+        last = every[gaps[0] - 1][1]                         # the last map before the move…
+        assert gap["from_pts"] == last.pts and last.pts < gap["to_pts"] <= first.pts   # …bounds the gap
+        assert "r1" in gap["reason"] and ctl.replica_of(i) == "r0"
+    assert sorted(m["stream"] for m in summary.moves) == sorted(moved)
+    assert all(m["resumed_s"] is not None and m["resumed_s"] < 5.0 for m in summary.moves)
+    assert summary.replicas[1]["lost"] and summary.replicas[0]["summary"]["maps"] > 0
+    assert not summary.errors
+
+
+def _since_gap(maps):
+    k = next((k for k, (_, m) in enumerate(maps) if m.header.flags.get("gap")), None)
+    return [] if k is None else maps[k:]

@@ -56,6 +56,15 @@ def _log_to_stderr(name: str, level: Optional[str]) -> None:
         logger.propagate = False
 
 
+def _ray_node() -> Optional[str]:
+    """The id of the Ray node this replica runs on (None outside Ray)."""
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except ImportError:
+        return None
+
+
 class StreamReplica:
     """Serves the streams the controller pins to it (see the module docstring).
 
@@ -101,7 +110,7 @@ class StreamReplica:
         if self.error is not None:
             raise self.error
         eng = self.pipe.engine
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "node": _ray_node(),
                 "engine": getattr(eng, "name", type(eng).__name__), "profile": eng.config.profile,
                 "steps": self.pipe.scheduler.steps}
 
