@@ -304,6 +304,11 @@ def test_four_streams_over_two_nodes_survive_a_killed_replica(two_nodes):
             def back(m):
                 return all(len(_since_gap(m[i])) >= 3 for i in moved) and all(len(m[i]) >= 3 for i in kept)
             after = collect_maps(sub, back, timeout=30)
+            # A replacement replica starts in place of the lost one (capacity comes back; nothing moves to it).
+            deadline = time.monotonic() + 60
+            while not (len(ctl.replicas) == 3 and ctl.replicas[2].ready) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(ctl.replicas) == 3 and ctl.replicas[2].ready
         summary = run.stop()
     finally:
         if run._thread.is_alive():

@@ -9,7 +9,9 @@ Health
     whose process died (Ray reports the actor dead), whose pipeline stopped with an error,
     or that has not answered for ``health_timeout`` seconds is lost: it is killed if still
     there, and its running streams are pinned to the live replicas with the fewest
-    streams. Each moved stream reopens its source there and continues its clocks after the
+    streams. A replacement replica is started (``replace_lost``); it takes streams of
+    later moves and any stream that found no live replica, so capacity comes back
+    without moving streams off replicas that live. Each moved stream reopens its source there and continues its clocks after the
     last map the forwarder saw (:mod:`salstream.serve.resume`): the first map after the move
     carries ``flags.gap`` and the missing PTS range, and ``seq`` continues.
 Sources
@@ -54,6 +56,8 @@ class ReplicaState:
     actor: Any
     info: dict = field(default_factory=dict)       # ready(): pid, host, engine…
     alive: bool = True
+    ready: bool = False                             # engine loaded; streams may be pinned here
+    starting: Any = None                            # the ready() call in flight
     pending: Any = None                             # the status call in flight
     pending_since: float = 0.0
     last_status: dict = field(default_factory=dict)
@@ -67,6 +71,7 @@ class StreamState:
     replica: Optional[int] = None                   # index of the replica it is pinned to
     state: str = "waiting"                          # waiting | starting | running | ended | failed
     error: Optional[str] = None
+    resume: Optional[Resume] = None                 # where it continues once a replica takes it
 
 
 @dataclass
@@ -130,7 +135,8 @@ class ClusterController:
     def __init__(self, opts: PipelineOptions, engine: Any, streams: list[StreamSpec], *, replicas: int = 2,
                  ray_address: Optional[str] = None, replica_cpus: float = 1.0, replica_gpus: float = 0.0,
                  object_store_mb: int = 128, health_interval: float = 0.5, health_timeout: float = 10.0,
-                 ready_timeout: float = 600.0, log_level: Optional[str] = None):
+                 ready_timeout: float = 600.0, log_level: Optional[str] = None, replace_lost: bool = True,
+                 max_replacements: Optional[int] = None):
         opts.validate()
         if replicas < 1:
             raise SalstreamError(f"--replicas {replicas}: must be >= 1")
@@ -146,6 +152,11 @@ class ClusterController:
         self.health_interval, self.health_timeout = float(health_interval), float(health_timeout)
         self.ready_timeout = float(ready_timeout)
         self.log_level = log_level
+        self.replace_lost = bool(replace_lost)
+        # A replica that keeps dying (a broken node, an engine that cannot load) must not loop forever.
+        self.max_replacements = 2 * self.n_replicas if max_replacements is None else int(max_replacements)
+        self.replacements = 0
+        self._actor_cls = None
         self.streams = {s.stream_id: StreamState(s) for s in streams}
         self.replicas: list[ReplicaState] = []
         self.moves: list[dict] = []
@@ -232,48 +243,71 @@ class ClusterController:
                       self.opts.allow_remote)
         return here
 
+    def _spawn(self, ray) -> ReplicaState:
+        """Start one more replica (asynchronously: ``starting`` holds its ready() call)."""
+        if self._actor_cls is None:
+            self._actor_cls = ray.remote(StreamReplica).options(
+                num_cpus=self.replica_cpus, num_gpus=self.replica_gpus, max_concurrency=4, max_restarts=0,
+                scheduling_strategy="SPREAD")
+        r = ReplicaState(len(self.replicas), f"r{len(self.replicas)}", None)
+        r.actor = self._actor_cls.remote(r.name, self.opts, self.engine, self.forwarder.address, self.log_level)
+        r.starting, r.pending_since = r.actor.ready.remote(self.ready_timeout), time.monotonic()
+        self.replicas.append(r)
+        return r
+
+    def _started(self, ray, r: ReplicaState) -> None:
+        """Take the answer of a replica's ready() call (it must be done)."""
+        ref, r.starting = r.starting, None
+        try:
+            r.info = ray.get(ref)
+        except Exception as exc:
+            self._lost(ray, r, f"did not start: {_cause(exc)}")
+            return
+        r.ready = True
+        log.info("replica %s ready: pid %s on %s, %s engine", r.name, r.info.get("pid"), r.info.get("host"),
+                 r.info.get("engine"))
+
     def _start_replicas(self, ray) -> None:
-        cls = ray.remote(StreamReplica).options(
-            num_cpus=self.replica_cpus, num_gpus=self.replica_gpus, max_concurrency=4, max_restarts=0,
-            scheduling_strategy="SPREAD")
-        for i in range(self.n_replicas):
-            name = f"r{i}"
-            actor = cls.remote(name, self.opts, self.engine, self.forwarder.address, self.log_level)
-            self.replicas.append(ReplicaState(i, name, actor))
         log.info("starting %d replica(s); each loads the model (the first run may export it once)", self.n_replicas)
-        refs = [r.actor.ready.remote(self.ready_timeout) for r in self.replicas]
+        for _ in range(self.n_replicas):
+            self._spawn(ray)
         deadline = time.monotonic() + self.ready_timeout
-        waiting = list(refs)
-        while waiting and not self._stop.is_set():
-            done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
+        while not self._stop.is_set():
+            waiting = [r.starting for r in self.replicas if r.starting is not None]
+            if not waiting:
+                break
+            ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
+            for r in self.replicas:
+                if r.starting is not None and ray.wait([r.starting], timeout=0)[0]:
+                    self._started(ray, r)
             if time.monotonic() > deadline:
                 raise SalstreamError(f"the replicas did not load the model within {self.ready_timeout:.0f} s")
         if self._stop.is_set():
             raise KeyboardInterrupt
-        for r, ref in zip(self.replicas, refs):
-            try:
-                r.info = ray.get(ref)
-            except Exception as exc:
-                self._lost(ray, r, f"did not start: {_cause(exc)}")
-        live = [r for r in self.replicas if r.alive]
-        if not live:
+        if not any(r.ready for r in self.replicas):
             raise SalstreamError(f"no replica started: {self.replicas[0].lost_reason}")
-        for r in live:
-            log.info("replica %s ready: pid %s on %s, %s engine", r.name, r.info.get("pid"), r.info.get("host"),
-                     r.info.get("engine"))
 
     # ------------------------------------------------------------------ placement
     def _load(self, r: ReplicaState) -> int:
         return sum(1 for s in self.streams.values() if s.replica == r.index and s.state in ("starting", "running"))
 
     def _assign(self, ray, sid: str, resume: Optional[Resume] = None) -> None:
-        live = [r for r in self.replicas if r.alive]
+        live = [r for r in self.replicas if r.alive and r.ready]
         st = self.streams[sid]
         if not live:
-            st.state, st.replica, st.error = "failed", None, "no live replica left"
+            if any(r.alive for r in self.replicas):       # a replacement is starting: it takes the stream
+                st.state, st.replica, st.resume = "waiting", None, resume
+                log.warning("stream %s: no live replica; waiting for one to start", sid)
+            else:
+                st.state, st.replica, st.error = "failed", None, "no live replica left"
+                self.errors.append(f"stream {sid}: no live replica left")
             return
         target = min(live, key=lambda r: (self._load(r), r.index))
-        st.replica, st.state = target.index, "starting"
+        st.replica, st.state, st.resume = target.index, "starting", None
+        for m in reversed(self.moves):                    # a move that waited for a replica ends here
+            if m["stream"] == sid and m["to"] is None:
+                m["to"] = target.name
+                break
         ref = target.actor.add_stream.remote(sid, st.spec.source, resume)
         self._adds[ref] = (sid, target.index, resume)
 
@@ -295,12 +329,16 @@ class ClusterController:
     def _lost(self, ray, r: ReplicaState, reason: str) -> None:
         if not r.alive:
             return
-        r.alive, r.lost_reason, r.pending = False, reason, None
+        r.alive, r.ready, r.lost_reason, r.pending, r.starting = False, False, reason, None, None
         log.error("replica %s lost: %s", r.name, reason)
         try:
             ray.kill(r.actor, no_restart=True)
         except Exception:   # already gone
             pass
+        if self.replace_lost and not self._stop.is_set() and self.replacements < self.max_replacements:
+            self.replacements += 1
+            new = self._spawn(ray)
+            log.info("starting replica %s in place of %s", new.name, r.name)
         for sid, st in self.streams.items():
             if st.replica == r.index and st.state in ("starting", "running"):
                 self._move(ray, sid, r)
@@ -327,15 +365,25 @@ class ClusterController:
                     st.state, st.error = "failed", _cause(exc)
                     self.errors.append(f"stream {sid}: {st.error}")
                     log.error("stream %s: %s", sid, st.error)
+        # Replacements that finished starting take the streams that found no replica.
+        for r in list(self.replicas):
+            if r.starting is not None and ray.wait([r.starting], timeout=0)[0]:
+                self._started(ray, r)
+            elif r.starting is not None and now - r.pending_since > self.ready_timeout:
+                self._lost(ray, r, f"did not load the model within {self.ready_timeout:.0f} s")
+        if any(r.ready for r in self.replicas):
+            for sid, st in self.streams.items():
+                if st.state == "waiting":
+                    self._assign(ray, sid, st.resume)
         # Status of every live replica (one call in flight each).
         for r in self.replicas:
-            if r.alive and r.pending is None:
+            if r.ready and r.pending is None:
                 r.pending, r.pending_since = r.actor.status.remote(), now
-        pending = [r.pending for r in self.replicas if r.alive]
+        pending = [r.pending for r in self.replicas if r.ready]
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=min(self.health_interval, 0.5))
-        for r in self.replicas:
-            if not r.alive:
+        for r in list(self.replicas):
+            if not r.ready:
                 continue
             try:
                 status = ray.get(r.pending, timeout=0)
@@ -370,7 +418,7 @@ class ClusterController:
 
     # ------------------------------------------------------------------ end
     def _shutdown(self, ray) -> None:
-        live = [r for r in self.replicas if r.alive]
+        live = [r for r in self.replicas if r.ready]
         refs = {r.index: r.actor.stop.remote() for r in live}
         for r in live:
             try:
