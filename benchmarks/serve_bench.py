@@ -86,7 +86,10 @@ def run_one(replicas: int, streams: int, *, recipe, source: str, seconds: float,
         maps += s.get("maps", 0)
         for stage, sec in (s.get("cpu_s") or {}).items():
             cpu_ms_per_map[stage] = cpu_ms_per_map.get(stage, 0.0) + sec * 1000.0
+    cpu_s = {k: round(v / 1000.0, 3) for k, v in cpu_ms_per_map.items()}
     cpu_ms_per_map = {k: round(v / maps, 2) for k, v in cpu_ms_per_map.items()} if maps else {}
+    run_s = max(((r.get("summary") or {}).get("seconds", 0.0) for r in summary.replicas), default=0.0)
+    ingest = cpu_s.get("decode", 0.0) + cpu_s.get("preprocess", 0.0)
     return {
         "replicas": replicas, "streams": streams, "replica_cpus": replica_cpus, "ready_s": round(ready_s, 1),
         "maps_per_s_per_stream": round(sum(rates) / len(rates), 2) if rates else None,
@@ -98,7 +101,10 @@ def run_one(replicas: int, streams: int, *, recipe, source: str, seconds: float,
         "stage_ms_median": figures.get("stage_median_ms"),
         "batch_sizes": figures.get("batch_sizes"), "missed_by_subscriber": figures.get("missed"),
         "dropped_windows": sum((r.get("summary") or {}).get("dropped_windows", 0) for r in summary.replicas),
-        "replica_cpu_ms_per_map": cpu_ms_per_map,
+        "replica_cpu_ms_per_map": cpu_ms_per_map, "replica_cpu_s": cpu_s, "replica_seconds": round(run_s, 2),
+        "replica_maps": maps,
+        # decode + preprocess run for every frame whether or not its window is mapped: per stream-second
+        "ingest_cpu_pct_per_stream": round(100.0 * ingest / (run_s * streams), 1) if run_s else None,
         "replica_process_cpu_pct": [round(100.0 * (r.get("summary") or {}).get("process_cpu_s", 0.0)
                                           / max((r.get("summary") or {}).get("seconds", 0.0), 1e-9), 1)
                                     for r in summary.replicas],
