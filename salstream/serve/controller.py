@@ -165,7 +165,6 @@ class ClusterController:
         self.endpoint: Optional[str] = None
         self._adds: dict[Any, tuple[str, int, Optional[Resume]]] = {}   # add_stream call -> (stream, replica, resume)
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._started_ray = False
         self.ready = threading.Event()       # replicas loaded, streams being assigned
 
@@ -220,7 +219,7 @@ class ClusterController:
         if self.ray_address is not None:
             log.info("joining the Ray cluster at %s", self.ray_address)
             try:
-                ray.init(address=self.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+                ray.init(address=self.ray_address, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise SalstreamError(f"--ray-address {self.ray_address}: cannot join that Ray cluster ({exc}); "
                                      "give the address `ray start --head` printed, e.g. 10.0.0.5:6379") from None
@@ -396,6 +395,9 @@ class ClusterController:
                 continue
             except RayActorError as exc:
                 self._lost(ray, r, f"process died ({_cause(exc)})")
+                continue
+            except Exception as exc:                          # status() itself failed: the replica is broken
+                self._lost(ray, r, f"status failed ({_cause(exc)})")
                 continue
             r.pending, r.last_status = None, status
             if status.get("error"):
