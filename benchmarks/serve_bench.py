@@ -115,6 +115,57 @@ def run_one(replicas: int, streams: int, *, recipe, source: str, seconds: float,
     }
 
 
+def forwarder_capacity(messages: int = 20000, preview_bytes: int = 40_000, map_shape=(48, 80)) -> dict[str, Any]:
+    """How fast one driver forwards: ``messages`` maps (lite-sized float32) and as many JPEG-sized
+    previews pushed through a :class:`~salstream.serve.forwarder.Forwarder` to a loopback subscriber.
+
+    Sender, forwarder and receiver share this one process (and its GIL): a lower bound.
+    """
+    import numpy as np
+    import zmq
+
+    from salstream.serve.forwarder import Forwarder
+    from salstream.streamer.wire import format as wire
+
+    fwd = Forwarder("tcp://127.0.0.1:*", ["0"], hwm=4 * messages)
+    ctx = zmq.Context.instance()
+    rx = ctx.socket(zmq.SUB)
+    rx.setsockopt(zmq.RCVHWM, 4 * messages)
+    rx.setsockopt(zmq.SUBSCRIBE, b"")
+    rx.connect(fwd.endpoint)
+    tx = ctx.socket(zmq.PUB)
+    tx.setsockopt(zmq.SNDHWM, 4 * messages)
+    tx.connect(fwd.start())
+    time.sleep(0.5)                                 # both subscriptions in place
+    header = wire.MapHeader(stream="0", frame_index=0, pts=0.0, capture_time=0.0)
+    parts = wire.encode_map(header, np.zeros(map_shape, np.float32))
+    preview = [wire.frame_topic("0"), b"{}", bytes(preview_bytes)]
+    got = 0
+    nbytes = 0
+
+    def receive():
+        nonlocal got, nbytes
+        while got < 2 * messages and rx.poll(5000):
+            nbytes += sum(len(p) for p in rx.recv_multipart())
+            got += 1
+
+    t = threading.Thread(target=receive)
+    t.start()
+    t0 = time.perf_counter()
+    for _ in range(messages):
+        tx.send_multipart(preview)
+        tx.send_multipart(parts)
+    t.join()
+    elapsed = time.perf_counter() - t0
+    tx.close(0)
+    rx.close(0)
+    fwd.close()
+    return {"messages": got, "sent": 2 * messages, "seconds": round(elapsed, 3),
+            "messages_per_s": round(got / elapsed), "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+            "maps_with_preview_per_s": round(got / 2 / elapsed), "map_bytes": len(parts[2]),
+            "preview_bytes": preview_bytes}
+
+
 def plot(runs: list[dict], path: Path) -> Path:
     from .plots import _save, plt
 
@@ -136,7 +187,8 @@ def plot(runs: list[dict], path: Path) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--grid", default="1x1,1x2,2x2,1x4,2x4", help="REPLICASxSTREAMS runs (default %(default)s)")
+    p.add_argument("--grid", default="1x1,1x2,2x2,1x4,2x4",
+                   help="REPLICASxSTREAMS runs (default %(default)s; empty: only the forwarder's capacity)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (default %(default)s)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds left out at the start (default %(default)s)")
     p.add_argument("--source", default=None, help="source of every stream (default: the bundled demo clip)")
@@ -158,13 +210,17 @@ def main(argv=None) -> int:
     from salstream.serve.replica import EngineRecipe
     from salstream.streamer.live.sources import default_demo_source
 
-    grid = parse_grid(args.grid)
+    grid = parse_grid(args.grid) if args.grid else []
     source = args.source or default_demo_source()
     recipe = EngineRecipe(args.profile, args.checkpoint, args.engine, args.threads)
     run_dir = new_run_dir(args.out, "serve")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=128 << 20,
-             logging_level=logging.WARNING)
+    print("[serve_bench] forwarder capacity …", flush=True)
+    fwd = forwarder_capacity()
+    print(f"[serve_bench]   {fwd}", flush=True)
     runs = []
+    if grid:
+        ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=128 << 20,
+                 logging_level=logging.WARNING)
     try:
         for replicas, streams in grid:
             print(f"[serve_bench] {replicas} replica(s) × {streams} stream(s) …", flush=True)
@@ -176,12 +232,13 @@ def main(argv=None) -> int:
                   f"{(r['capture_to_receive_ms'] or {}).get('p95')} ms, replica CPU per map "
                   f"{r['replica_cpu_ms_per_map']}", flush=True)
     finally:
-        ray.shutdown()
+        if grid:
+            ray.shutdown()
     result = {"benchmark": "serve", "command": "python -m benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_info(), "source": source, "profile": args.profile, "engine": args.engine,
-              "seconds": args.seconds, "warmup_s": args.warmup, "runs": runs}
+              "seconds": args.seconds, "warmup_s": args.warmup, "forwarder": fwd, "runs": runs}
     write_json(result, run_dir / "serve_bench.json")
-    made = plot(runs, run_dir / "serve_scaling.png")
+    made = plot(runs, run_dir / "serve_scaling.png") if runs else None
     print(json.dumps([{k: r[k] for k in ("replicas", "streams", "maps_per_s_per_stream", "dropped_windows")}
                       for r in runs]))
     print(f"[serve_bench] wrote {run_dir / 'serve_bench.json'} and {made}")

@@ -130,6 +130,37 @@ def test_closing_a_continued_source_closes_the_reopened_one():
     assert list(it)[-1].kind == "end"
 
 
+# ---------------------------------------------------------------------------------- forwarder
+def test_the_forwarder_passes_messages_on_byte_for_byte_and_tracks_only_its_streams():
+    import zmq
+    fwd = Forwarder("tcp://127.0.0.1:*", ["cam"])
+    try:
+        ctx = zmq.Context.instance()
+        rx = ctx.socket(zmq.SUB)
+        rx.setsockopt(zmq.SUBSCRIBE, b"")
+        rx.connect(fwd.endpoint)
+        tx = ctx.socket(zmq.PUB)
+        tx.connect(fwd.start())
+        time.sleep(0.3)
+        header = wire.MapHeader(stream="cam", frame_index=7, pts=0.25, capture_time=1.0, seq=3)
+        sent = [wire.encode_map(header, np.full((4, 6), 0.5, np.float32)),
+                [b"frame/cam", b'{"x":1}', b"jpeg"],
+                wire.encode_map(header.replace(stream="stranger"), np.zeros((2, 2), np.float32))]
+        for parts in sent:
+            tx.send_multipart(parts)
+        got = []
+        while len(got) < 3 and rx.poll(3000):
+            got.append(rx.recv_multipart())
+        assert got == sent
+        last, age = fwd.last_map("cam")
+        assert (last.frame_index, last.pts, last.seq) == (7, 0.25, 3) and age >= 0
+        assert fwd.maps == {"cam": 1} and fwd.last_map("stranger") is None
+    finally:
+        tx.close(0)
+        rx.close(0)
+        fwd.close()
+
+
 # ---------------------------------------------------------------------------------- one replica
 OPTS = PipelineOptions(send_frames=False, audio_wait_ms=20.0, batch_deadline_ms=2.0)
 
