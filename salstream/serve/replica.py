@@ -135,8 +135,8 @@ class StreamReplica:
         info = {"source": source.description, "since": time.time(), "resumed": resume is not None}
         with self._lock:
             self.streams[stream_id] = info
-        log.info("stream %s: %s%s", stream_id, source.description,
-                 f" (moved here, gap from PTS {resume.after_pts:.3f})" if resume else "")
+        if resume is not None:        # (the pipeline has logged the stream itself)
+            log.info("stream %s moved here; it continues after PTS %.3f", stream_id, resume.after_pts)
         return dict(info, stream=stream_id)
 
     def remove_stream(self, stream_id: str) -> bool:
