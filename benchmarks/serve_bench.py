@@ -217,7 +217,11 @@ def main(argv=None) -> int:
     print("[serve_bench] forwarder capacity …", flush=True)
     fwd = forwarder_capacity()
     print(f"[serve_bench]   {fwd}", flush=True)
-    runs = []
+    runs: list[dict] = []
+    result = {"benchmark": "serve", "command": "python -m benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine_info(), "source": source, "profile": args.profile, "engine": args.engine,
+              "seconds": args.seconds, "warmup_s": args.warmup, "forwarder": fwd, "runs": runs}
+    write_json(result, run_dir / "serve_bench.json")
     if grid:
         ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=128 << 20,
                  logging_level=logging.WARNING)
@@ -228,16 +232,13 @@ def main(argv=None) -> int:
                         warmup_s=args.warmup, replica_cpus=args.cpus / replicas, steps=args.steps,
                         send_frames=not args.no_frames)
             runs.append(r)
+            write_json(result, run_dir / "serve_bench.json")      # after every run: a long grid keeps what it has
             print(f"[serve_bench]   {r['maps_per_s_per_stream']} maps/s per stream, capture→receive p95 "
                   f"{(r['capture_to_receive_ms'] or {}).get('p95')} ms, replica CPU per map "
                   f"{r['replica_cpu_ms_per_map']}", flush=True)
     finally:
         if grid:
             ray.shutdown()
-    result = {"benchmark": "serve", "command": "python -m benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine_info(), "source": source, "profile": args.profile, "engine": args.engine,
-              "seconds": args.seconds, "warmup_s": args.warmup, "forwarder": fwd, "runs": runs}
-    write_json(result, run_dir / "serve_bench.json")
     made = plot(runs, run_dir / "serve_scaling.png") if runs else None
     print(json.dumps([{k: r[k] for k in ("replicas", "streams", "maps_per_s_per_stream", "dropped_windows")}
                       for r in runs]))
