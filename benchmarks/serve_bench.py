@@ -166,10 +166,12 @@ def forwarder_capacity(messages: int = 20000, preview_bytes: int = 40_000, map_s
             "preview_bytes": preview_bytes}
 
 
-def plot(runs: list[dict], path: Path) -> Path:
+def plot(runs: list[dict], path: Path, note: str = "") -> Path:
     from .plots import _save, plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    if note:
+        fig.suptitle(note, fontsize=8)
     for r_count in sorted({r["replicas"] for r in runs}):
         mine = sorted((r for r in runs if r["replicas"] == r_count), key=lambda r: r["streams"])
         n = [r["streams"] for r in mine]
@@ -212,6 +214,7 @@ def main(argv=None) -> int:
 
     grid = parse_grid(args.grid) if args.grid else []
     source = args.source or default_demo_source()
+    shown = "the bundled demo clip (box.mp4)" if args.source is None else args.source   # no local paths in results
     recipe = EngineRecipe(args.profile, args.checkpoint, args.engine, args.threads)
     run_dir = new_run_dir(args.out, "serve")
     print("[serve_bench] forwarder capacity …", flush=True)
@@ -219,7 +222,7 @@ def main(argv=None) -> int:
     print(f"[serve_bench]   {fwd}", flush=True)
     runs: list[dict] = []
     result = {"benchmark": "serve", "command": "python -m benchmarks.serve_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine_info(), "source": source, "profile": args.profile, "engine": args.engine,
+              "machine": machine_info(), "source": shown, "profile": args.profile, "engine": args.engine,
               "seconds": args.seconds, "warmup_s": args.warmup, "forwarder": fwd, "runs": runs}
     write_json(result, run_dir / "serve_bench.json")
     if grid:
@@ -239,7 +242,10 @@ def main(argv=None) -> int:
     finally:
         if grid:
             ray.shutdown()
-    made = plot(runs, run_dir / "serve_scaling.png") if runs else None
+    load = result["machine"].get("load_average")
+    note = f"salstream serve, {args.profile} on {args.engine}, {os.cpu_count()} CPUs" + (
+        f", load average at start {load[0]:.1f}" if load else "")
+    made = plot(runs, run_dir / "serve_scaling.png", note) if runs else None
     print(json.dumps([{k: r[k] for k in ("replicas", "streams", "maps_per_s_per_stream", "dropped_windows")}
                       for r in runs]))
     print(f"[serve_bench] wrote {run_dir / 'serve_bench.json'} and {made}")
