@@ -9,7 +9,8 @@ Health
     whose process died (Ray reports the actor dead), whose pipeline stopped with an error,
     or that has not answered for ``health_timeout`` seconds is lost: it is killed if still
     there, and its running streams are pinned to the live replicas with the fewest
-    streams. A replacement replica is started (``replace_lost``); it takes streams of
+    streams. A replacement replica is started ``replace_delay`` seconds later (``replace_lost``;
+    at once when a stream found no live replica); it takes streams of
     later moves and any stream that found no live replica, so capacity comes back
     without moving streams off replicas that live. Each moved stream reopens its source there and continues its clocks after the
     last map the forwarder saw (:mod:`salstream.serve.resume`): the first map after the move
@@ -136,7 +137,7 @@ class ClusterController:
                  ray_address: Optional[str] = None, replica_cpus: float = 1.0, replica_gpus: float = 0.0,
                  object_store_mb: int = 128, health_interval: float = 0.5, health_timeout: float = 10.0,
                  ready_timeout: float = 600.0, log_level: Optional[str] = None, replace_lost: bool = True,
-                 max_replacements: Optional[int] = None):
+                 max_replacements: Optional[int] = None, replace_delay: float = 5.0):
         opts.validate()
         if replicas < 1:
             raise SalstreamError(f"--replicas {replicas}: must be >= 1")
@@ -156,6 +157,8 @@ class ClusterController:
         # A replica that keeps dying (a broken node, an engine that cannot load) must not loop forever.
         self.max_replacements = 2 * self.n_replicas if max_replacements is None else int(max_replacements)
         self.replacements = 0
+        self.replace_delay = float(replace_delay)
+        self._replacing: list[tuple[float, str]] = []     # (when, lost replica's name) to start
         self._actor_cls = None
         self.streams = {s.stream_id: StreamState(s) for s in streams}
         self.replicas: list[ReplicaState] = []
@@ -294,7 +297,7 @@ class ClusterController:
         live = [r for r in self.replicas if r.alive and r.ready]
         st = self.streams[sid]
         if not live:
-            if any(r.alive for r in self.replicas):       # a replacement is starting: it takes the stream
+            if any(r.alive for r in self.replicas) or self._replacing:   # a replacement will take it
                 st.state, st.replica, st.resume = "waiting", None, resume
                 log.warning("stream %s: no live replica; waiting for one to start", sid)
             else:
@@ -334,10 +337,11 @@ class ClusterController:
             ray.kill(r.actor, no_restart=True)
         except Exception:   # already gone
             pass
-        if self.replace_lost and not self._stop.is_set() and self.replacements < self.max_replacements:
+        if self.replace_lost and self.replacements < self.max_replacements:
+            # Not at once: a new process loading the model would compete for CPU with the moved
+            # streams starting on the survivors (seconds on a small node).
             self.replacements += 1
-            new = self._spawn(ray)
-            log.info("starting replica %s in place of %s", new.name, r.name)
+            self._replacing.append((time.monotonic() + self.replace_delay, r.name))
         for sid, st in self.streams.items():
             if st.replica == r.index and st.state in ("starting", "running"):
                 self._move(ray, sid, r)
@@ -364,7 +368,13 @@ class ClusterController:
                     st.state, st.error = "failed", _cause(exc)
                     self.errors.append(f"stream {sid}: {st.error}")
                     log.error("stream %s: %s", sid, st.error)
-        # Replacements that finished starting take the streams that found no replica.
+        # Replacements: start the due ones; those that finished starting take streams that found no replica.
+        for due, lost in list(self._replacing):
+            no_replica = any(st.state == "waiting" for st in self.streams.values())
+            if now >= due or no_replica:
+                self._replacing.remove((due, lost))
+                new = self._spawn(ray)
+                log.info("starting replica %s in place of %s", new.name, lost)
         for r in list(self.replicas):
             if r.starting is not None and ray.wait([r.starting], timeout=0)[0]:
                 self._started(ray, r)
@@ -454,9 +464,11 @@ class ClusterController:
 
 
 def _cause(exc: BaseException) -> str:
-    """The message of the error a remote call raised (Ray wraps it)."""
+    """The message of the error a remote call raised (Ray wraps it), without Ray's troubleshooting advice."""
     cause = getattr(exc, "cause", None)
     if cause is not None and cause is not exc:
         return str(cause)
     text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    line = text[-1] if text else type(exc).__name__
+    line = line.split(" Worker exit detail:")[0].split(" Some common causes")[0]
+    return line if len(line) <= 200 else line[:199] + "…"
