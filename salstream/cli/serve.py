@@ -65,13 +65,13 @@ def serve(args: argparse.Namespace) -> int:
         raise SalstreamError(f"--summary-json {args.summary_json}: is a folder; give a file name, e.g. summary.json")
     if args.health_timeout <= 0:
         raise SalstreamError(f"--health-timeout {args.health_timeout}: must be > 0 seconds")
-    import_ray()                                     # a missing extra fails in one line, first
     level = logging.getLevelName(logging.getLogger("salstream").getEffectiveLevel())
     ctl = ClusterController(opts, EngineRecipe(args.profile, _absolute(args.checkpoint), args.engine, args.threads,
                                                _absolute(args.artifacts)),
                             streams, replicas=args.replicas, ray_address=args.ray_address,
                             replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus,
                             health_timeout=args.health_timeout, log_level=level)
+    import_ray()                                     # a missing extra fails in one line, before anything starts
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
