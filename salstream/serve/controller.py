@@ -225,7 +225,9 @@ class ClusterController:
                 ray.init(address=self.ray_address, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise SalstreamError(f"--ray-address {self.ray_address}: cannot join that Ray cluster ({exc}); "
-                                     "give the address `ray start --head` printed, e.g. 10.0.0.5:6379") from None
+                                     "give the address `ray start --head` printed, e.g. 10.0.0.5:6379, and when "
+                                     "the cluster uses token authentication (Ray's default) set RAY_AUTH_MODE=token "
+                                     "with its token (~/.ray/auth_token)") from None
             self._started_ray = True
         elif not ray.is_initialized():
             cpus = max(1, math.ceil(self.n_replicas * self.replica_cpus))
