@@ -161,6 +161,15 @@ def test_the_forwarder_passes_messages_on_byte_for_byte_and_tracks_only_its_stre
         fwd.close()
 
 
+def test_serve_bench_machinery_forwarder_rate_and_grid():
+    from benchmarks.serve_bench import forwarder_capacity, parse_grid
+    r = forwarder_capacity(messages=300, preview_bytes=1000)
+    assert r["messages"] == r["sent"] == 600 and r["messages_per_s"] > 0 and r["map_bytes"] == 48 * 80 * 4
+    assert parse_grid("1x1, 2x4") == [(1, 1), (2, 4)]
+    with pytest.raises(SystemExit, match="REPLICASxSTREAMS"):
+        parse_grid("2by4")
+
+
 # ---------------------------------------------------------------------------------- one replica
 OPTS = PipelineOptions(send_frames=False, audio_wait_ms=20.0, batch_deadline_ms=2.0)
 
