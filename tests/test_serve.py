@@ -253,8 +253,10 @@ def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoi
         cwd=REPO, env=_with_repo_on_path(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
-            maps = collect_maps(sub, lambda m: len(m["0"]) >= 3 and len(m["1"]) >= 3, timeout=120)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
+            # (stops early if the command exits, so its error shows at once)
+            maps = collect_maps(sub, lambda m: (len(m["0"]) >= 3 and len(m["1"]) >= 3) or proc.poll() is not None,
+                                timeout=180)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=90)
     finally:

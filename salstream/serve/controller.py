@@ -192,6 +192,7 @@ class ClusterController:
                 if not self.forwarder.out.wait_for_subscriber(o.wait_subscriber, stop=self._stop) \
                         and not self._stop.is_set():
                     log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)
+            log.info("publishing the maps of %d stream(s) on %s", len(self.streams), self.endpoint)
             self.ready.set()
             t0 = time.monotonic()
             for sid in self.streams:
