@@ -23,7 +23,6 @@ from salstream.streamer.live.sources import open_source
 from salstream.streamer.live.units import AudioChunk, StreamEvent, VideoFrame
 from salstream.streamer.wire import format as wire
 from salstream.streamer.wire.subscriber import Subscriber
-from tests.support.rtsp import free_port
 from tests.support.serve import TinyEngine, collect_maps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,29 +244,47 @@ def _with_repo_on_path(env: dict) -> dict:
 @pytest.mark.ray
 def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoint):
     _need_ray()
-    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "salstream", "serve", "--source", "synthetic", "--source", "synthetic:1",
-         "--replicas", "2", "--publish", f"tcp://127.0.0.1:{port}", "--checkpoint", str(small_checkpoint),
+         "--replicas", "2", "--publish", "tcp://127.0.0.1:*", "--checkpoint", str(small_checkpoint),
          "--engine", "torch", "--threads", "1", "--steps", "1", "--no-frames", "--replica-cpus", "0.5"],
         cwd=REPO, env=_with_repo_on_path(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    endpoint = threading.Event()
+
+    def read_stderr():                     # the command says where it publishes (any free port)
+        for line in proc.stderr:
+            err_lines.append(line)
+            if "publishing the maps of" in line:
+                endpoint.address = line.rsplit(" on ", 1)[1].strip()
+                endpoint.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+        deadline = time.monotonic() + 180
+        while not endpoint.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert endpoint.is_set(), "".join(err_lines)[-3000:]
+        with Subscriber(endpoint.address) as sub:
             # (stops early if the command exits, so its error shows at once)
             maps = collect_maps(sub, lambda m: (len(m["0"]) >= 3 and len(m["1"]) >= 3) or proc.poll() is not None,
-                                timeout=180)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+                                timeout=120)
+        assert proc.poll() is None, "".join(err_lines)[-3000:]
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
+        proc.wait(90)                      # (the summary is far smaller than a pipe's buffer)
+        out = proc.stdout.read()
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert len(maps["0"]) >= 3 and len(maps["1"]) >= 3, err[-2000:]
+            proc.wait()
+    err = "".join(err_lines)
+    assert len(maps["0"]) >= 3 and len(maps["1"]) >= 3, err[-3000:]
     for sid in ("0", "1"):
         assert not wire.missing_fields(maps[sid][0][1].header)
         assert np.all(np.diff([m.pts for _, m in maps[sid]]) > 0)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 0, err[-3000:]
     assert "SIGINT, finishing" in err and "maps in" in out and "replica r0" in out and "replica r1" in out
 
 
