@@ -19,6 +19,7 @@ from salstream.redact import RedactingFilter, redact
 # is imported: the others pull in PyTorch or PyAV, which `salstream web` or `--version` never need.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("salstream.cli.run", "run the live pipeline (default: the bundled demo clip)"),
+    "serve": ("salstream.cli.serve", "serve many streams on a Ray cluster (needs the 'serve' extra)"),
     "view": ("salstream.cli.view", "show or record the overlay of a published map stream"),
     "web": ("salstream.cli.web", "watch published maps live in a browser"),
     "encode": ("salstream.cli.encode", "encode a source to H.264, spending more bits where people look"),

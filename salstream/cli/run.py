@@ -28,12 +28,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "each map over ZeroMQ (wire format in the README). With no --source it runs the bundled "
                     f"demo clip and records the overlay to {DEMO_RECORD}. Ends when the sources end or on "
                     "Ctrl-C, then prints a latency summary.")
-    p.add_argument("--source", action="append", default=None, metavar="SPEC",
-                   help="media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]; repeat for several "
-                        "streams (ids 0, 1, …) that share one engine (default: the bundled demo clip)")
+    add_stream_options(p, "that share one engine (default: the bundled demo clip)")
     p.add_argument("--mic", nargs="?", const="default", default=None, metavar="DEVICE",
                    help="take the first stream's audio from a microphone (PyAudio device name or index; "
                         "needs the 'audio' extra); without a usable device the stream runs video-only")
+    p.add_argument("--web", default=None, metavar="HOST:PORT", nargs="?", const=DEFAULT_LISTEN,
+                   help=f"also serve the browser viewer of this run (as `salstream web`; default {DEFAULT_LISTEN} "
+                        "when given without a value)")
+    p.add_argument("--save-maps", default=None, metavar="DIR",
+                   help="write every map with its frame index and timestamps to DIR/<stream>/maps.npz (+ "
+                        "headers.jsonl; layout in the README), written as the run goes; DIR must be new or empty")
+    p.add_argument("--save-png", action="store_true",
+                   help="with --save-maps: also write 8-bit PNGs named by frame, DIR/<stream>/png/0001.png, …")
+    p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
+                   f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
+    p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
+    p.add_argument("--record-preset", default="veryfast",
+                   choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+                   help="x264 preset of the overlay recording: faster presets cost less CPU and make larger files "
+                        "(default %(default)s)")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_stream_options(p: argparse.ArgumentParser, sources_help: str) -> None:
+    """The options of the live flow that `run` and `serve` share (sources, model, timing, wire)."""
+    p.add_argument("--source", action="append", default=None, metavar="SPEC",
+                   help="media file, rtsp://…, http(s)://…, webcam:N or synthetic[:SEED]; repeat for several "
+                        f"streams (ids 0, 1, …) {sources_help}")
     p.add_argument("--profile", default="lite", help="model profile: lite (CPU, causal) or full (published "
                    "DiffSal, GPU); default: %(default)s")
     p.add_argument("--checkpoint", default=None, help="model weights (.safetensors); default: the bundled lite "
@@ -60,23 +82,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="ZeroMQ address to bind (PUB; default %(default)s); loopback only unless --allow-remote")
     p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback interface for "
                    "--publish and --web (maps become visible to other machines)")
-    p.add_argument("--web", default=None, metavar="HOST:PORT", nargs="?", const=DEFAULT_LISTEN,
-                   help=f"also serve the browser viewer of this run (as `salstream web`; default {DEFAULT_LISTEN} "
-                        "when given without a value)")
-    p.add_argument("--save-maps", default=None, metavar="DIR",
-                   help="write every map with its frame index and timestamps to DIR/<stream>/maps.npz (+ "
-                        "headers.jsonl; layout in the README), written as the run goes; DIR must be new or empty")
-    p.add_argument("--save-png", action="store_true",
-                   help="with --save-maps: also write 8-bit PNGs named by frame, DIR/<stream>/png/0001.png, …")
     p.add_argument("--summary-json", default=None, metavar="FILE",
                    help="write the run summary (maps/s, latency percentiles, drops, modes, …) to FILE as JSON")
-    p.add_argument("--record", default=None, metavar="PATH", help="write the heatmap overlay of the first "
-                   f"stream as H.264 MP4 with its audio (demo default: {DEMO_RECORD})")
-    p.add_argument("--no-record", action="store_true", help="do not record the demo overlay")
-    p.add_argument("--record-preset", default="veryfast",
-                   choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
-                   help="x264 preset of the overlay recording: faster presets cost less CPU and make larger files "
-                        "(default %(default)s)")
     p.add_argument("--as-fast-as-possible", action="store_true",
                    help="read files without pacing them at their frame rate and map every window (offline run)")
     p.add_argument("--max-batch", type=int, default=4, help="most windows (of different streams) per engine call (default %(default)s)")
@@ -118,15 +125,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "gets every map")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (reproducible maps; default %(default)s)")
-    p.set_defaults(func=run)
-    return p
 
 
 def options_from_args(args: argparse.Namespace):
     from salstream.streamer.live.pipeline import PipelineOptions
 
     return PipelineOptions(
-        sources=list(args.source or []), mic=args.mic, steps=args.steps, hop=args.hop, publish=args.publish,
+        sources=list(args.source or []), mic=getattr(args, "mic", None), steps=args.steps, hop=args.hop, publish=args.publish,
         allow_remote=args.allow_remote, paced=not args.as_fast_as_possible, max_batch=args.max_batch,
         batch_deadline_ms=args.batch_deadline_ms, duration=args.duration, max_frames=args.max_frames,
         payload_dtype=args.payload, send_frames=not args.no_frames, audio_wait_ms=args.audio_wait_ms,

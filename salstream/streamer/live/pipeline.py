@@ -145,15 +145,24 @@ class Pipeline:
     before seconds of model loading). ``sources``: opened sources (default: opened from
     ``opts.sources``). ``run()`` blocks until the sources end, ``stop()`` is called (from any
     thread or a signal handler), or the duration / frame limit is reached.
+
+    ``publisher``: send through this publisher instead of binding ``opts.publish`` (e.g. one
+    that connects to a cluster's forwarder); the pipeline closes it at the end.
+    ``keep_open``: run until ``stop()`` even with no source left, and take streams in and out
+    while running (:meth:`add_source`, :meth:`remove_stream`): a cluster replica's pipeline.
     """
 
     def __init__(self, opts: PipelineOptions, engine: EngineOrFactory, *, sources: Optional[list] = None,
-                 consumers: Sequence[MapConsumer] = ()):
+                 consumers: Sequence[MapConsumer] = (), publisher: Optional[Publisher] = None,
+                 keep_open: bool = False):
         opts.validate()
         self.opts = opts
         self._engine_arg = engine
         self.engine: Any = None
         self._sources = sources
+        self._publisher_arg = publisher
+        self.keep_open = bool(keep_open)
+        self._readers: dict[str, threading.Thread] = {}
         self.consumers = list(consumers)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -198,8 +207,81 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the run to end (thread- and signal-safe): sources close, pending maps are finished."""
         self._stop.set()
-        for s in self._sources or []:
+        for s in list(self._sources or []):
             s.close()
+
+    def add_source(self, source) -> None:
+        """Bring an opened source into a running ``keep_open`` pipeline (thread-safe).
+
+        Its stream id must not be running here already; a stream that ended (or was removed)
+        may come back: it starts afresh (new window history, its next outage reported again).
+        """
+        if not self.keep_open:
+            raise RuntimeError("add_source needs a pipeline built with keep_open=True")
+        if not self.ready.is_set() or self._stop.is_set():
+            raise SalstreamError(f"stream {source.stream_id}: this pipeline is not running")
+        self._check_source(source)
+        with self._lock:
+            reader = self._readers.get(source.stream_id)
+            if reader is not None and reader.is_alive():
+                raise SalstreamError(f"stream {source.stream_id} is already running here; remove it first")
+            self._sources.append(source)
+            self._gaps_reported.pop(source.stream_id, None)
+            self._add_stream(source)
+            self._start_reader(source)
+
+    def remove_stream(self, stream_id: str) -> bool:
+        """Close one stream's source (its pending windows are still mapped); False if it is not running."""
+        with self._lock:
+            reader = self._readers.get(stream_id)
+            sources = [s for s in self._sources or [] if s.stream_id == stream_id]
+        for s in sources:
+            s.close()
+        return reader is not None and reader.is_alive()
+
+    @property
+    def running_streams(self) -> list[str]:
+        """Ids of the streams whose source is still being read."""
+        with self._lock:
+            return [sid for sid, r in self._readers.items() if r.is_alive()]
+
+    @property
+    def source_errors(self) -> list[str]:
+        """One line per stream that ended because its input failed."""
+        with self._lock:
+            return list(self._source_errors)
+
+    def _check_source(self, s) -> None:
+        wire.check_stream_id(s.stream_id)
+        if self.opts.mode == "audio" and not s.has_audio:   # before seconds of model loading, not after
+            raise SalstreamError(f"stream {s.stream_id}: audio-only mode needs a source with audio "
+                                 "(add --mic or use a source with an audio track)")
+
+    def _add_stream(self, s) -> None:
+        o = self.opts
+        self.assemblers[s.stream_id] = WindowAssembler(
+            self.engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
+            audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode,
+            # Live network sources only: a paced file "stalls" only when this machine is slow.
+            stall_after=(o.stall_frames / s.fps if o.paced and o.stall_frames and s.fps > 0
+                         and getattr(s, "live", False) else None))
+        self.scheduler.add_stream(s.stream_id, lossless=not o.paced)
+        log.info("stream %s: %s", s.stream_id, s.description or s)
+
+    def _start_reader(self, s) -> None:
+        r = threading.Thread(target=self._read, args=(s,), name=f"salstream-source-{s.stream_id}", daemon=True)
+        self._readers[s.stream_id] = r
+        r.start()
+
+    def _alive_readers(self) -> list[threading.Thread]:
+        with self._lock:
+            return [r for r in self._readers.values() if r.is_alive()]
+
+    def _reader_states(self) -> list[tuple[Any, bool]]:
+        """(newest source, reader alive) per stream, for the heartbeats."""
+        with self._lock:
+            newest = {s.stream_id: s for s in self._sources}
+            return [(newest[sid], r.is_alive()) for sid, r in self._readers.items() if sid in newest]
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
@@ -208,34 +290,25 @@ class Pipeline:
         started: list[MapConsumer] = []
         seconds = 0.0
         # Bind first: a busy address fails at once, before seconds of model loading.
-        self.publisher = Publisher(o.publish, allow_remote=o.allow_remote, hwm=o.hwm, payload_dtype=o.payload_dtype)
+        self.publisher = self._publisher_arg or Publisher(o.publish, allow_remote=o.allow_remote, hwm=o.hwm,
+                                                          payload_dtype=o.payload_dtype)
         self.endpoint = self.publisher.endpoint
         self.bound.set()
         try:
             # Sources next: a mistyped input fails before the model loads too.
-            self._sources = self._open_sources()
+            self._sources = list(self._open_sources())
             ids = [s.stream_id for s in self._sources]
             if len(set(ids)) != len(ids):
                 raise SalstreamError(f"sources share a stream id ({ids}); give each a distinct stream_id")
             for s in self._sources:
-                wire.check_stream_id(s.stream_id)
-                if o.mode == "audio" and not s.has_audio:   # before seconds of model loading, not after
-                    raise SalstreamError(f"stream {s.stream_id}: audio-only mode needs a source with audio "
-                                         "(add --mic or use a source with an audio track)")
+                self._check_source(s)
             self.engine = engine = self._build_engine()
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
                                        seed=o.seed, max_new_frames=o.max_new_frames or None,
                                        warm_start=o.warm_start, cpu_meter=self.cpu, samples=o.samples)
             for s in self._sources:
-                self.assemblers[s.stream_id] = WindowAssembler(
-                    engine.config, s.stream_id, hop=o.hop, has_audio=s.has_audio,
-                    audio_wait=o.audio_wait_ms / 1000.0, mode=o.mode,
-                    # Live network sources only: a paced file "stalls" only when this machine is slow.
-                    stall_after=(o.stall_frames / s.fps if o.paced and o.stall_frames and s.fps > 0
-                                 and getattr(s, "live", False) else None))
-                self.scheduler.add_stream(s.stream_id, lossless=not o.paced)
-                log.info("stream %s: %s", s.stream_id, s.description or s)
+                self._add_stream(s)
             for c in self.consumers:
                 c.start(self._sources, self.publisher)
                 started.append(c)
@@ -248,22 +321,23 @@ class Pipeline:
                 if not self.publisher.wait_for_subscriber(o.wait_subscriber, stop=self._stop) and not self._stop.is_set():
                     log.warning("no subscriber after %.0f s; starting anyway", o.wait_subscriber)
             self.scheduler.start()
-            self.ready.set()
             t_start, cpu_start = time.monotonic(), time.process_time()
-            readers = [threading.Thread(target=self._read, args=(s,), name=f"salstream-source-{s.stream_id}",
-                                        daemon=True) for s in self._sources]
-            for r in readers:
-                r.start()
+            with self._lock:
+                for s in self._sources:
+                    self._start_reader(s)
+            self.ready.set()
             states: dict[str, tuple[str, float]] = {}
-            while any(r.is_alive() for r in readers):
+            while (readers := self._alive_readers()) or (self.keep_open and not self._stop.is_set()):
                 if self.scheduler.error is not None:
                     self.stop()
                 if o.duration is not None and time.monotonic() - t_start >= o.duration:
                     self.stop()
-                for s, r in zip(self._sources, readers):
-                    self._heartbeat(s, "ended" if not r.is_alive() else s.status, states)
+                for s, alive in self._reader_states():
+                    self._heartbeat(s, s.status if alive else "ended", states)
                 for r in readers:
                     r.join(0.05)    # short joins keep the main thread responsive to signals
+                if not readers:
+                    self._stop.wait(0.05)
             self.scheduler.close(drain=True)
             if self.scheduler.error is not None:
                 raise self.scheduler.error

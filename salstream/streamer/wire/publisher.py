@@ -69,12 +69,14 @@ class Publisher:
     downscaled so their longer side is at most this many pixels.
     ``address=None``: no socket at all (in-process use, e.g. the Python API): maps are
     still stamped (``seq``, times) for the pipeline's consumers, and nothing is sent.
+    ``connect=True``: connect to ``address`` instead of binding it (a cluster replica
+    sending to its driver's forwarder, which binds); nothing listens here then.
     """
 
     def __init__(self, address: Optional[str] = DEFAULT_ADDRESS, *, allow_remote: bool = False, hwm: int = 16,
                  payload_dtype: str = "float32", frame_max_side: int = 640, jpeg_quality: int = 80,
-                 context: Optional[zmq.Context] = None):
-        if address is not None:
+                 context: Optional[zmq.Context] = None, connect: bool = False):
+        if address is not None and not connect:
             check_bind_address(address, allow_remote)
         if payload_dtype not in wire.PAYLOAD_DTYPES:
             raise SalstreamError(f"payload dtype {payload_dtype!r}: choose one of {', '.join(wire.PAYLOAD_DTYPES)}")
@@ -99,6 +101,14 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 0)   # closing must not wait for slow subscribers
+        if connect:
+            try:
+                self._sock.connect(address)
+            except zmq.ZMQError as exc:
+                self._sock.close(0)
+                raise SalstreamError(f"cannot connect to {address} ({exc}); expected tcp://HOST:PORT") from None
+            self.endpoint = address
+            return
         try:
             self._sock.bind(address)
         except zmq.ZMQError as exc:
@@ -145,6 +155,12 @@ class Publisher:
                 return False
             time.sleep(min(0.02, remaining))
         return False
+
+    def continue_seq(self, stream_id: str, next_seq: int) -> None:
+        """Number this stream's next map ``next_seq`` (a stream moved here from another publisher
+        keeps counting, so subscribers see one sequence)."""
+        with self._lock:
+            self._seq[stream_id] = max(int(next_seq), self._seq[stream_id])
 
     def send_parts(self, parts: list[bytes]) -> bool:
         """Send an already encoded multipart message on this socket (other topics, e.g. ``roi/``).
