@@ -171,7 +171,10 @@ def test_websocket_maps_equal_the_published_maps_and_mjpeg_serves_overlays(engin
             return got, mjpeg, listing, page, csp
 
         got, mjpeg, listing, page, csp = asyncio.run(client())
-        while (m := sub.recv_map(timeout=0.5)) is not None:
+        # The streams run until stopped: read what was published so far (already queued here),
+        # not until the publisher falls silent.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and (m := sub.recv_map(timeout=0.5)) is not None:
             published[m.frame_index] = m.saliency
     maps = [(h, p) for h, p in got if h["type"] == "map"]
     frames = [(h, p) for h, p in got if h["type"] == "frame"]
