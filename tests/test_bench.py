@@ -85,7 +85,7 @@ def test_quick_bench_runs_end_to_end_and_writes_json_plots_and_tables(tmp_path):
         assert "torch.cuda.is_available() is False" in res["model"]["gpu"]["skipped"]
 
     runs = res["pipeline"]["runs"]
-    assert [r["streams"] for r in runs] == [1, 2]
+    assert [(r["streams"], r["hop"]) for r in runs] == [(1, 1), (2, 1), (2, 2)]   # + the two-stream goal's hop-2 run
     for r in runs:
         assert "skipped" not in r, r
         assert r["maps_measured"] > 0 and r["capture_to_publish_ms"]["p50"] > 0

@@ -198,7 +198,9 @@ def test_second_ctrl_c_exits_at_once_without_abort(small_checkpoint, tmp_path):
             proc.kill()
     time.sleep(0.2)
     err = "".join(lines)
-    assert proc.returncode in (0, 130) and took < 5, (proc.returncode, err[-2000:])
+    # 130 from our handler, or killed by SIGINT itself once the run restored the default handler
+    # while closing (a shell shows that as 130 too); never an abort.
+    assert proc.returncode in (0, 130, -signal.SIGINT) and took < 5, (proc.returncode, err[-2000:])
     assert "terminate called" not in err and "Traceback" not in err
     assert _plays(record)[1] >= 3
 

@@ -452,8 +452,8 @@ class ClusterController:
             replicas.append({"name": r.name, "pid": r.info.get("pid"), "host": r.info.get("host"),
                              "engine": r.info.get("engine"), "lost": r.lost_reason, "summary": r.summary,
                              "streams": sorted(sid for sid, s in self.streams.items() if s.replica == r.index)})
-        from salstream.streamer.live.sources.pyav import _redact  # never a URL's password in a summary
-        streams = {sid: {"source": _redact(s.spec.source),
+        from salstream.redact import redact  # never a URL's password in a summary
+        streams = {sid: {"source": redact(s.spec.source),
                          "replica": None if s.replica is None else self.replicas[s.replica].name,
                          "state": s.state, "error": s.error} for sid, s in self.streams.items()}
         moves = [{k: v for k, v in m.items() if k != "at"} for m in self.moves]
