@@ -175,7 +175,8 @@ def test_latest_wins_on_a_paced_file_bounds_latency(engine, clip):
     compute = max(sum(m.latency_ms["denoise"]) + m.latency_ms["video_encoder"] + m.latency_ms["audio_encoder"]
                   for m in maps)
     for m in maps:                            # a map never waits behind a backlog of windows
-        assert m.latency_ms["wait"] <= compute + 2 * 1000 / clip.fps + 50
+        # Two stages (encode, denoise) each hold at most one window ahead of this one: never a backlog.
+        assert m.latency_ms["wait"] <= 2 * compute + 2 * 1000 / clip.fps + 50
 
 
 def test_two_streams_share_the_engine_in_batches(engine, clip):

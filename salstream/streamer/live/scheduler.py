@@ -139,11 +139,6 @@ class Scheduler:
         self._closing = False
         self._threads: list[threading.Thread] = []
         self._handoff: "queue.Queue[Optional[_Encoded]]" = queue.Queue(maxsize=1)
-        # Set while the denoiser holds no encoded job in waiting: the encoder picks its next
-        # (newest) windows only then, so at most one map is in each stage and latest-wins
-        # never waits behind an encoded backlog.
-        self._slot_free = threading.Event()
-        self._slot_free.set()
         self.video_cache = FeatureCache(engine.encode_video)
         self.audio_cache = FeatureCache(engine.encode_audio)
         self.dropped: Counter[str] = Counter()
@@ -264,20 +259,14 @@ class Scheduler:
         with self._cond:
             self._cond.notify_all()
 
-    def _wait_slot_free(self) -> None:
-        while self.error is None and not self._slot_free.wait(0.1):
-            pass
-
     def _encode_loop(self) -> None:
         try:
-            while self._wait_slot_free() is None and (batch := self._next_batch()) is not None:
+            while (batch := self._next_batch()) is not None:
                 by_mode: dict[str, list[Window]] = {}
                 for w in batch:
                     by_mode.setdefault(w.mode, []).append(w)
                 for mode, group in by_mode.items():
                     job = self._encode(group, mode)
-                    self._wait_slot_free()
-                    self._slot_free.clear()             # before the put: the denoiser sets it when it takes the job
                     while self.error is None:           # the hand-off holds one batch: wait for the denoiser
                         try:
                             self._handoff.put(job, timeout=0.1)
@@ -298,7 +287,6 @@ class Scheduler:
     def _denoise_loop(self) -> None:
         try:
             while (job := self._handoff.get()) is not None:
-                self._slot_free.set()
                 if self.error is None:
                     self._denoise(job)
         except BaseException as exc:
