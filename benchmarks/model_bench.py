@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -569,7 +570,7 @@ def bench_profile(profile: str, opts: ModelBenchOptions, progress: Callable[[str
         entry["graphs_unit"] = "per frame / per slice" if cfg.per_frame_video else "per window"
         if hasattr(engine, "describe"):
             try:
-                entry["describe"] = engine.describe()
+                entry["describe"] = describe_portably(engine.describe())
             except Exception:  # noqa: BLE001 - description is informative only
                 pass
         entry["load_average_end"] = load_average()
@@ -718,3 +719,8 @@ def run_model_bench(opts: ModelBenchOptions, progress: Callable[[str], None] = p
         out["profiles"][profile] = bench_profile(profile, opts, progress)
     out["gpu"] = gpu_bench(opts, progress)
     return out
+
+
+def describe_portably(info: dict) -> dict:
+    """An engine's description for a committed result: folders by name, not this machine's paths."""
+    return {k: (os.path.basename(str(v).rstrip(os.sep)) if k == "artifacts" and v else v) for k, v in info.items()}

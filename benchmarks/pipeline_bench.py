@@ -148,7 +148,9 @@ def run_pipeline(engine: Any, *, streams: int = 1, seconds: Optional[float] = 10
     out = {
         "label": label or f"{streams} stream(s)", "record": record,
         "profile": engine.config.profile, "engine": getattr(engine, "name", "?"), "streams": streams,
-        "source": source + (" (pre-rendered loop)" if source.startswith("synthetic") else ""), "fps": fps,
+        # A file by its name: results are committed and must not carry this machine's paths.
+        "source": (source + " (pre-rendered loop)") if source.startswith("synthetic") else
+        (os.path.basename(source) if os.path.isfile(source) else source), "fps": fps,
         "seconds": seconds, "warmup_s": warmup_s, "steps": res["steps"], "samples": samples, "hop": hop,
         "max_batch": max_batch,
         "frame_previews": send_frames, "threads": getattr(engine, "threads", None),
