@@ -12,13 +12,13 @@ from salstream.cli.numbers import (
     attempts_or_forever,
 )
 from salstream.cli.roi_options import add_roi_options, roi_config
+from salstream.cli.stop_signals import handling_stop_signals
 from salstream.errors import SalstreamError
 from salstream.streamer.web import DEFAULT_LISTEN
 from salstream.streamer.wire.publisher import DEFAULT_ADDRESS
 
 DEMO_RECORD = "out/overlay.mp4"
 # A terminal closing (SIGHUP) ends a run like Ctrl-C or a service manager's SIGTERM.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -206,12 +206,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nsalstream run: {name}, finishing…", file=sys.stderr)
         pipe.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-    try:
+    with handling_stop_signals(on_signal):
         summary = pipe.run()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     print(summary.format())
     if args.summary_json is not None:
         summary.write_json(args.summary_json)

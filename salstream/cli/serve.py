@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from salstream.cli.run import add_stream_options, options_from_args
+from salstream.cli.stop_signals import handling_stop_signals
 from salstream.errors import SalstreamError
 
 
@@ -78,19 +79,15 @@ def serve(args: argparse.Namespace) -> int:
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
-        # First Ctrl-C / SIGTERM: every replica finishes its maps in flight, then the cluster shuts down.
+        # First Ctrl-C / SIGTERM / SIGHUP: every replica finishes its maps in flight, then the cluster shuts down.
         if stopping.is_set():
             raise KeyboardInterrupt
         stopping.set()
         print(f"\nsalstream serve: {signal.Signals(signum).name}, finishing…", file=sys.stderr)
         ctl.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_stop_signals(on_signal):
         summary = ctl.run()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     print(summary.format())
     if args.summary_json is not None:
         summary.write_json(args.summary_json)
