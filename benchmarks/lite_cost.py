@@ -28,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from salstream.diffsal import create_model  # noqa: E402
+from salstream.diffsal.registry import arch_overrides  # noqa: E402
 from salstream.diffsal.models.base import stack_time  # noqa: E402
 
 
@@ -61,12 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time (needs an otherwise idle machine); cpu: this process's CPU time, "
                         "robust to other load but only meaningful with --threads 1")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture override as for `salstream train` (--arch timing=false: lite v3's network)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "lite_cost.json"))
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model("lite").requires_grad_(False)
+    model = create_model("lite", **arch_overrides("lite", args.arch)).requires_grad_(False)
     cfg = model.config
     steps = cfg.default_steps if args.steps is None else args.steps
 
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     x_t = torch.randn(1, 1, *cfg.map_size)
     t = torch.tensor([500])
     result: dict = {
-        "profile": "lite", "input_size": list(cfg.input_size), "map_size": list(cfg.map_size),
+        "profile": "lite", "arch_overrides": list(args.arch),
+        "input_size": list(cfg.input_size), "map_size": list(cfg.map_size),
         "frames": cfg.frames, "audio_slices": cfg.audio.n_slices, "steps": steps,
         "parameters_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "trainable_parameters_M": sum(p.numel() for n, p in model.named_parameters()

@@ -16,7 +16,14 @@ from salstream.diffsal.config import ModelConfig
 from salstream.diffsal.inference import encode_window, predict_from_features, predict_window
 from salstream.diffsal.models import backbones
 from salstream.diffsal.models.base import stack_time
-from salstream.diffsal.models.lite import AudioVisualSync, LiteDiffSal, TemporalMix, interpolation_weights
+from salstream.diffsal.models.lite import (
+    AudioVisualSync,
+    LiteDiffSal,
+    TemporalMix,
+    TimingPathway,
+    interpolation_weights,
+    loudness_rise,
+)
 from salstream.diffsal.preprocess import preprocess_frame
 from salstream.errors import CheckpointError, SalstreamError
 
@@ -121,7 +128,7 @@ def test_spec_size_shapes_in_all_modes():
         feats = model.encode_video(torch.zeros(2, 3, *cfg.input_size))
         assert [tuple(f.shape) for f in feats] == [(2, 128, 6, 10), (2, 64, 12, 20), (2, 32, 24, 40)]
         a = model.encode_audio(torch.full((2, 1, 64, 64), A.SILENCE_LOG_MEL))
-        assert tuple(a.shape) == (2, 128)
+        assert tuple(a.shape) == (2, 128 + 11)   # slice vector + its newest rows' loudness rise
         v, au = stack_time([feats] * cfg.frames), stack_time([a] * cfg.audio.n_slices)
         x = torch.randn(2, 1, *cfg.map_size)
         t = torch.tensor([999, 0])
@@ -305,7 +312,7 @@ def test_audio_grid_feeds_the_audio_encoder(small):
     assert tuple(slices.shape) == (1, 9, 64, 64)
     with torch.no_grad():
         feats = stack_time([small.encode_audio(slices[:, i: i + 1]) for i in range(9)])
-    assert tuple(feats.shape) == (1, 128, 9)
+    assert tuple(feats.shape) == (1, 128 + 11, 9)
 
 
 def test_checkpoint_round_trip(small, tmp_path):
@@ -394,4 +401,102 @@ def test_v1_configs_still_build_without_sync_or_audio_tail():
     v2 = create_model("lite", **SMALL)
     assert v2.sync is not None and v2.audio_cnn.fc.in_features == 256 + 64
     extra = set(v2.state_dict()) - set(v1.state_dict())
-    assert extra and all(k.startswith(("sync.", "sync_proj.", "audio_prior")) for k in extra)
+    assert extra and all(k.startswith(("sync.", "sync_proj.", "audio_prior", "timing_")) for k in extra)
+
+
+# ----------------------------------------------------------------------------- timing pathway (v4)
+
+def test_loudness_rise_marks_onsets_not_steady_sound():
+    sr = A.SAMPLE_RATE
+    t = np.arange(A.SLICE_SAMPLES) / sr
+    tone = 0.5 * np.sin(2 * np.pi * 880 * t)
+    # The tone starts inside STFT frame 58 (not 57): the tail's rows are the rises into frames 53…63.
+    onset = 58 * A.STFT_HOP + A.STFT_WINDOW - 100
+    x = np.where(np.arange(A.SLICE_SAMPLES) >= onset, tone, 0.0) + 1e-3 * np.random.default_rng(0).standard_normal(t.size)
+    rise = loudness_rise(A.slice_log_mel(x)[None], 11)[0]
+    assert rise.shape == (11,)
+    assert int(rise.argmax()) == 58 - 53 and rise.max() > 10 * rise[:4].max()
+    steady = loudness_rise(A.slice_log_mel(tone)[None], 11)[0]
+    assert steady.max() < 0.1 * rise.max()
+
+
+def test_slice_tails_tile_the_stream_so_caching_changes_nothing():
+    """Each slice's rows of loudness rise are exactly the stream's rows it adds to the window."""
+    rng = np.random.default_rng(1)
+    cfg = default_config("lite")
+    n = A.SLICE_SAMPLES + 12 * A.slice_hop_samples(cfg.audio)
+    x = rng.standard_normal(n) * np.repeat(rng.uniform(0, 1, n // 800 + 1), 800)[:n]
+    whole = A.log_mel(x)                                           # (rows, mels) of the whole stretch
+    stream_rise = torch.relu(whole[1:] - whole[:-1]).mean(dim=1)  # row r: rise into STFT frame r + 1
+    for k in range(12):
+        lo, hi = A.slice_span(k, cfg.audio)
+        tail = loudness_rise(A.slice_log_mel(x[lo:hi])[None], 11)[0]
+        last_row = k * 11 + 63                                      # slice k's newest STFT frame
+        assert torch.allclose(tail, stream_rise[last_row - 11: last_row], atol=1e-5)
+
+
+def _grid_video(change_at: dict[tuple[int, int], list[int]], frames: int = 16, pan: bool = False) -> torch.Tensor:
+    """(1, 4, frames, 6, 8) features: each listed position flashes at the listed frames."""
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(1, 4, 1, 6, 8, generator=g).expand(1, 4, frames, 6, 8).clone()
+    for (y, x), times in change_at.items():
+        for i in times:
+            v[0, :, i, y, x] += 3.0
+    if pan:   # the whole picture shifts a little every frame: global motion
+        v = v + 0.8 * torch.arange(frames).view(1, 1, frames, 1, 1).float().sin()
+    return v
+
+
+def test_timing_pathway_points_at_what_changes_with_the_sound():
+    tp = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=1 / 15)
+    source, other = (2, 2), (4, 6)
+    video = _grid_video({source: [4, 9, 13], other: [6, 11]})
+    rise = torch.zeros(1, tp.rows)
+    row_of_frame = lambda i: tp.rows - 1 - round((15 - i) * (1 / 15) / 0.01)   # noqa: E731
+    for i in (4, 9, 13):
+        rise[0, row_of_frame(i)] = 2.0
+    for pan in (False, True):
+        out = tp(_grid_video({source: [4, 9, 13], other: [6, 11]}, pan=pan), rise)[0]
+        assert out.shape == (tp.channels, 6, 8)
+        lag0 = out[2 + TimingPathway.LAGS.index(0)]                   # first-difference covariance, lag 0
+        assert lag0[source] == lag0.max() and lag0[source] > 0.5
+        assert lag0[other] < 0.5 * lag0[source]
+        # Motion energy alone does not say which one sounds: both changed.
+        assert out[0][source] > 0 and out[0][other] > 0
+    # No audio: covariances and activity are zero; the motion channels stay.
+    silent = tp(video, None)[0]
+    assert silent[2:].abs().max() == 0 and silent[0][source] > 0
+    # A steady soundtrack (no rise anywhere) carries no timing either.
+    flat = tp(video, torch.full((1, tp.rows), 0.3))[0]
+    assert flat[2:].abs().max() < 1e-4
+    with pytest.raises(SalstreamError, match="loudness rows"):
+        tp(video, rise[:, :50])
+
+
+def test_timing_starts_as_a_no_op_and_reaches_audio_visual_and_video_maps(small):
+    """Initialised at zero (a v3 checkpoint plus the pathway predicts as v3 did); once
+    trained it changes audio-visual maps, video-only maps through motion energy, and never
+    audio-only maps (no video, nothing to time)."""
+    video, audio = window(small.config)
+    x = torch.randn(1, 1, *small.config.map_size, generator=gen())
+    t = torch.tensor([500])
+    model = create_model("lite", **SMALL)
+    model.load_state_dict(small.state_dict())
+    assert small.timing is not None and model.onset_rows == 11
+    with torch.no_grad():
+        v, a = encode_window(model, video, audio)
+        assert a.shape[1] == 128 + 11
+        off = {m: model.denoise(x, t, *args) for m, args in {"av": (v, a), "video": (v, None), "audio": (None, a)}.items()}
+        v3 = create_model("lite", arch={k: val for k, val in small.config.arch.items()
+                                        if k not in ("timing", "onset_rows")}, **SMALL)
+        v3.load_state_dict({k: p for k, p in small.state_dict().items() if not k.startswith("timing_")})
+        v3a = v3.encode_audio(audio[:, 0].reshape(-1, 1, *audio.shape[-2:]))
+        assert torch.allclose(v3a, a[0, :128].t(), atol=1e-6)
+        assert torch.allclose(v3.denoise(x, t, v, a[:, :128]), off["av"], atol=1e-5)
+        for p in model.timing_head.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        assert not torch.allclose(model.denoise(x, t, v, a), off["av"], atol=1e-4)
+        assert not torch.allclose(model.denoise(x, t, v, None), off["video"], atol=1e-4)
+        assert torch.equal(model.denoise(x, t, None, a), off["audio"])
+    with pytest.raises(SalstreamError, match="139"):
+        model.denoise(x, t, v, a[:, :128])

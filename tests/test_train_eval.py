@@ -180,6 +180,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--mode-probs" in capsys.readouterr().err
 
 
+def test_arch_overrides_build_older_networks_and_name_bad_keys():
+    from salstream.diffsal.registry import arch_overrides
+    from salstream.errors import SalstreamError
+    v3 = create_model("lite", input_size=(128, 192), map_size=(32, 48), **arch_overrides("lite", ["timing=false"]))
+    assert v3.timing is None and v3.onset_rows == 0
+    assert not any(k.startswith("timing_") for k in v3.state_dict())
+    assert arch_overrides("lite", []) == {}
+    with pytest.raises(SalstreamError, match="onset_rows"):      # the message lists the valid keys
+        arch_overrides("lite", ["timming=false"])
+    with pytest.raises(SalstreamError, match="JSON"):
+        arch_overrides("lite", ["timing=maybe"])
+
+
 def test_cli_train_then_eval_round_trip(tmp_path, tiny_data):
     """`salstream train` on a dataset directory, then `salstream eval` on its checkpoint."""
     from salstream.cli import main

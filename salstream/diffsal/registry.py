@@ -8,12 +8,14 @@ trained weights for them, the file name of those weights under ``diffsal/weights
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from torch import nn
 
 from salstream.diffsal.config import ModelConfig
+from salstream.errors import SalstreamError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -73,3 +75,21 @@ def create_model(profile_or_config: str | ModelConfig, **overrides) -> nn.Module
     _load_builtin_profiles()
     model = _BUILDERS[cfg.profile][1](cfg)
     return model.eval()
+
+
+def arch_overrides(profile: str, items: Sequence[str]) -> dict:
+    """``--arch KEY=VALUE`` command-line items -> ``create_model`` overrides: the profile's
+    architecture settings with those changed (VALUE is JSON)."""
+    if not items:
+        return {}
+    arch = dict(default_config(profile).arch)
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in arch:
+            raise SalstreamError(f"--arch {item!r}: expected KEY=VALUE with KEY one of the {profile} profile's "
+                                 f"settings ({', '.join(sorted(arch))})")
+        try:
+            arch[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SalstreamError(f"--arch {item!r}: VALUE must be JSON (true, 0, [128, 64, 32], \"gated\")") from None
+    return {"arch": arch}

@@ -503,6 +503,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "statistics included")
     p.add_argument("--select-mode", choices=MODES, default=None,
                    help="keep best.safetensors by this mode's validation CC (default: av, else video)")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one architecture setting of the profile (VALUE is JSON: "
+                        "--arch timing=false builds lite v3's network); repeatable")
     p.add_argument("--epochs", type=number(int, 1, 100_000), default=TrainOptions.epochs)
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=TrainOptions.batch_size)
     p.add_argument("--lr", type=number(float, 0, 1, lo_open=True), default=TrainOptions.lr)
@@ -548,7 +551,7 @@ def load_training_data(args) -> tuple[list[Video], list[Video]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from salstream.diffsal.registry import create_model
+    from salstream.diffsal.registry import arch_overrides, create_model
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the initial weights are part of the reproducible run
@@ -559,9 +562,9 @@ def run(args: argparse.Namespace) -> int:
         raise SalstreamError(f"--mode-probs {args.mode_probs!r}: expected three non-negative numbers "
                              "for av,video,audio, e.g. 0.6,0.2,0.2") from None
     try:
-        model = create_model(args.profile)
+        model = create_model(args.profile, **arch_overrides(args.profile, args.arch))
     except ValueError as exc:
-        raise SalstreamError(f"--profile: {exc}") from None
+        raise SalstreamError(f"--profile/--arch: {exc}") from None
     opts = TrainOptions(profile=args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         mode_probs=probs, target_stride=args.target_stride, seed=args.seed, threads=args.threads,
                         max_steps_per_epoch=args.max_steps_per_epoch, val_windows=args.val_windows,

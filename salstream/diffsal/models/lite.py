@@ -36,6 +36,17 @@ network. What it changes, and why:
   a learned softmax over the slices picks which votes count (the newest sound, not the
   silence after it). The map is added to the learned null video and, scaled by a gain
   learned from the timestep, to the output logits.
+* **Timing pathway** (:class:`TimingPathway`, v4): the synchrony map and the audio-only head
+  learn *what* a sound and its source look like, and on clips of another style (other
+  objects, events, sounds; ``diffsal.datasets.randomized``) v3 no longer used the sound at
+  all. The relation that transfers is timing: a sound starts when something visibly
+  happens. So every slice vector also carries its newest rows' loudness rise (fixed, not
+  learned: :func:`loudness_rise`; the window's slices tile its last 0.99 s at 10 ms), and
+  the denoiser compares it with how much the features change at each position and frame
+  (first and second differences, minus the picture's mean change so a camera pan is no
+  event). The temporal covariances at a few lags, plus where things move at all (also
+  in video-only mode), reach every stage and, through a small head, the output logits.
+  ~1 ms per step on the 12×20 grid.
 * **Sampler** (v2): trailing DDIM timesteps and 1 step by default (t = 999: the
   network's x0 estimate from pure noise, exactly what it was trained for at that t). On
   the synthetic validation split that scored higher CC than 2 leading steps (t = 500, 0,
@@ -77,7 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salstream.diffsal.audio import SILENCE_LOG_MEL
+from salstream.diffsal.audio import EXAMPLE_FRAMES, SAMPLE_RATE, SILENCE_LOG_MEL, STFT_HOP
 from salstream.diffsal.config import AudioConfig, ModelConfig
 from salstream.diffsal.models.backbones import LITE0_BLOCKS, Lite0Features
 from salstream.diffsal.models.base import Features, SaliencyModel
@@ -91,9 +102,10 @@ from salstream.errors import SalstreamError
 NOMINAL_FPS = 30.0
 
 
-# Frozen (v2): the bundled checkpoint is trained on exactly this architecture and config;
-# changing either means re-training and shipping a new checkpoint. v1 checkpoints (no
-# "audio_tail", no "sync_channels" in their stored config) still load and run as v1.
+# Frozen (v4): the bundled checkpoint is trained on exactly this architecture and config;
+# changing either means re-training and shipping a new checkpoint. Older checkpoints keep
+# their stored config: v1 (no "audio_tail", no "sync_channels") and v2/v3 (no "timing")
+# still load and run as they were trained.
 def lite_config() -> ModelConfig:
     return ModelConfig(
         profile="lite", frames=16, frame_stride=2, target_index=15,
@@ -114,6 +126,8 @@ def lite_config() -> ModelConfig:
             "audio_spectrum": True,              # ... and its average spectrum (pitch, timbre)
             "sync_channels": 32,                 # audio-visual synchrony maps (0: none, as v1)
             "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
+            "timing": True,                      # v4: loudness rise vs visual change (TimingPathway)
+            "onset_rows": 11,                    # loudness-rise rows per slice: its hop in STFT frames
             "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
             "noise_channels": 16,
             "readout_channels": 64,
@@ -153,8 +167,10 @@ class TemporalMix(nn.Module):
         if x.shape[2] != self.inputs:
             raise SalstreamError(f"expected {self.inputs} time steps on axis 2, got {x.shape[2]} "
                                  f"(tensor {tuple(x.shape)})")
-        moved = x.movedim(2, -1)                        # (..., T)
-        return (moved @ self.weight.t()).movedim(-1, 2)  # (..., K) -> axis 2
+        # (K, T) @ (B, C, T, rest): no transposes (they cost more than the product in ONNX Runtime)
+        b, c, t = x.shape[:3]
+        mixed = torch.matmul(self.weight, x.reshape(b, c, t, -1))
+        return mixed.reshape(b, c, self.weight.shape[0], *x.shape[3:])
 
 
 class SliceCNN(nn.Module):
@@ -166,10 +182,12 @@ class SliceCNN(nn.Module):
     a plain average would smear *when* a sound started over 0.64 s.
     """
 
-    def __init__(self, widths: Sequence[int], out_channels: int, tail: bool = False, spectrum_bands: int = 0):
+    def __init__(self, widths: Sequence[int], out_channels: int, tail: bool = False, spectrum_bands: int = 0,
+                 onset_rows: int = 0):
         super().__init__()
         self.tail = tail
         self.spectrum_bands = spectrum_bands
+        self.onset_rows = onset_rows
         layers: list[nn.Module] = []
         cin = 1
         for i, c in enumerate(widths):
@@ -181,6 +199,7 @@ class SliceCNN(nn.Module):
         self.fc = nn.Linear((2 * cin if tail else cin) + spectrum_bands, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_mel = x
         # Shift so digital silence (log 0.01) is 0 and typical speech/music is O(1).
         x = (x - SILENCE_LOG_MEL) * 0.25
         f = self.features(x)
@@ -194,7 +213,11 @@ class SliceCNN(nn.Module):
                 raise SalstreamError(f"audio slice has {x.shape[-1]} mel columns, the model expects "
                                      f"{self.spectrum_bands}")
             parts.append(x.mean(dim=2).flatten(1))
-        return self.fc(torch.cat(parts, dim=1))
+        out = self.fc(torch.cat(parts, dim=1))
+        if self.onset_rows:
+            # Not learned: the timing pathway needs *when* loudness rises, in any sound.
+            out = torch.cat([out, loudness_rise(log_mel, self.onset_rows)], dim=1)
+        return out
 
 
 class SliceTransformer(nn.Module):
@@ -305,6 +328,107 @@ class AudioVisualSync(nn.Module):
         return (v * a[..., None, None]).mean(dim=2)
 
 
+def loudness_rise(log_mel: torch.Tensor, rows: int) -> torch.Tensor:
+    """(B, 1, time, mel) log-mel slice -> (B, rows): how much louder each of its newest ``rows``
+    STFT frames is than the one before (positive log-mel steps averaged over the bands).
+
+    An onset of any sound (a knock, a tone, a syllable) is a rise in some bands; steady
+    sound, hum or hiss has none on average. Consecutive slices overlap, so each slice
+    contributes only its newest rows (the hop): a window's slices then tile its last
+    ``slices × rows`` STFT frames without overlap.
+    """
+    x = log_mel[:, 0]
+    rise = F.relu(x[:, 1:, :] - x[:, :-1, :]).mean(dim=2)
+    return rise[:, -rows:]
+
+
+def _shifted_mean_product(a: torch.Tensor, b: torch.Tensor, lag: int) -> torch.Tensor:
+    """mean over t of a(t) · b(t + lag); a (B, L, h, w), b (B, L, 1, 1); lag in frames."""
+    n = a.shape[1]
+    if abs(lag) >= n:   # a very short window: nothing overlaps at this lag
+        return a.new_zeros(a.shape[0], *a.shape[2:])
+    if lag >= 0:
+        return (a[:, :n - lag] * b[:, lag:]).mean(dim=1)
+    return (a[:, -lag:] * b[:, :n + lag]).mean(dim=1)
+
+
+class TimingPathway(nn.Module):
+    """Does the picture change *here* when the sound gets louder? (v4)
+
+    Fixed measurements, so nothing depends on what objects or sounds look like in
+    training; the network only learns how to read them:
+
+    * **visual change** per position of one feature grid and per window frame: the size of
+      the features' first difference (something appears, flashes, moves) and of their second
+      difference (something speeds up, stops, turns, bounces), each minus its mean over the
+      picture (a camera pan or a lighting change moves everything: not an event);
+    * **loudness rise** per window frame, from the slices' :func:`loudness_rise` tails
+      pooled into the frames' intervals;
+    * their temporal covariance per position, at audio lags of -1…+2 frames (the newest
+      slice ends up to one slice hop before the newest frame, so the sound can look late),
+      and how much the loudness varies at all (a silent or steady soundtrack: no evidence).
+
+    Without audio the covariances are zero and only the two motion-energy channels (where
+    things change at all) remain. Output (B, :attr:`channels`, h, w).
+    """
+
+    LAGS = (-1, 0, 1, 2)
+
+    def __init__(self, frames: int, slices: int, rows_per_slice: int, row_seconds: float, frame_seconds: float):
+        super().__init__()
+        if frames < 3:
+            raise ValueError(f"the timing pathway needs windows of at least 3 frames (second differences), got {frames}")
+        self.frames = frames
+        self.rows = slices * rows_per_slice
+        self.channels = 2 + 2 * len(self.LAGS) + 1
+        # Audio row r (oldest first) at -(rows-1-r)·row_seconds; window frame i's interval
+        # (i ≥ 1) is (-(T-i)·Δ, -(T-1-i)·Δ] relative to the newest frame.
+        row_t = np.array([-(self.rows - 1 - r) * row_seconds for r in range(self.rows)])
+        pool = np.zeros((frames - 1, self.rows), dtype=np.float32)
+        for i in range(1, frames):
+            lo, hi = -(frames - i) * frame_seconds, -(frames - 1 - i) * frame_seconds
+            inside = (row_t > lo - 1e-9) & (row_t <= hi + 1e-9)
+            # the mean, not the sum: intervals hold 6 or 7 rows, a sum would pulse with that
+            pool[i - 1] = inside / max(int(inside.sum()), 1)
+        self.register_buffer("pool", torch.from_numpy(pool), persistent=False)
+
+    @staticmethod
+    def _change(v: torch.Tensor, order: int) -> torch.Tensor:
+        """(B, C, T, h, w) -> (B, T-order, h, w): size of the order-th temporal difference,
+        minus its mean over the picture."""
+        d = v[:, :, 1:] - v[:, :, :-1]
+        if order == 2:
+            d = d[:, :, 1:] - d[:, :, :-1]
+        m = (d.pow(2).mean(dim=1) + 1e-6).sqrt()
+        return m - m.mean(dim=(2, 3), keepdim=True)
+
+    def forward(self, video: torch.Tensor, rise: Optional[torch.Tensor]) -> torch.Tensor:
+        """video (B, C, T, h, w) of one grid; rise (B, rows) oldest first, or None (no audio)."""
+        if video.shape[2] != self.frames:
+            raise SalstreamError(f"timing: expected {self.frames} frames, got video {tuple(video.shape)}")
+        b, _, _, h, w = video.shape
+        out = []
+        changes = [self._change(video, 1), self._change(video, 2)]
+        for c in changes:                                    # where things change at all
+            e = c.mean(dim=1)
+            out.append(e / (e.flatten(1).std(dim=1)[:, None, None] + 1e-3))
+        if rise is None:
+            return torch.cat([torch.stack(out, dim=1), video.new_zeros(b, self.channels - 2, h, w)], dim=1)
+        if rise.shape[1] != self.rows:
+            raise SalstreamError(f"timing: expected {self.rows} loudness rows, got {tuple(rise.shape)}")
+        loud = torch.log1p(rise @ self.pool.t())             # (B, T-1) per window frame
+        spread = loud.std(dim=1, keepdim=True)
+        a = (loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05)
+        cov = []
+        for c in changes:
+            c = c - c.mean(dim=1, keepdim=True)
+            c = c / (c.flatten(1).std(dim=1)[:, None, None, None] + 1e-3)
+            ac = a[:, -c.shape[1]:, None, None]
+            cov += [_shifted_mean_product(c, ac, lag) for lag in self.LAGS]
+        activity = torch.log1p(spread)[:, :, None, None].expand(b, 1, h, w)
+        return torch.cat([torch.stack(out + cov, dim=1), activity], dim=1)
+
+
 class LiteMAMBlock(MAMBlock):
     """The shared MAM block with a MIM for per-slot audio vectors (B, Ca, S, 1, 1).
 
@@ -393,8 +517,18 @@ class LiteDiffSal(SaliencyModel):
         self.video_mix = TemporalMix(config.frames, self.video_slots)
 
         # Audio: per-slice CNN, then per-window transformer and slot mix (inside denoise).
+        self.audio_channels = ca
+        # Timing pathway (v4): each slice vector also carries its newest rows' loudness rise.
+        self.onset_rows = int(a.get("onset_rows", 0)) if a.get("timing") else 0
+        if a.get("timing"):
+            hop_rows = round(config.audio.slice_hop_seconds * SAMPLE_RATE / STFT_HOP)
+            if self.onset_rows != hop_rows or config.audio.slice_size[0] != EXAMPLE_FRAMES:
+                raise SalstreamError(f"lite arch timing: onset_rows must be the slice hop in STFT frames ({hop_rows}) "
+                                     f"and slices unresized ({EXAMPLE_FRAMES} rows), got onset_rows="
+                                     f"{self.onset_rows}, slice_size={config.audio.slice_size}")
         self.audio_cnn = SliceCNN(a["audio_cnn"], ca, tail=bool(a.get("audio_tail", False)),
-                                  spectrum_bands=config.audio.slice_size[1] if a.get("audio_spectrum") else 0)
+                                  spectrum_bands=config.audio.slice_size[1] if a.get("audio_spectrum") else 0,
+                                  onset_rows=self.onset_rows)
         self.audio_transformer = SliceTransformer(ca, config.audio.n_slices, int(a["audio_heads"]),
                                                   int(a["audio_mlp"]))
         self.audio_mix = TemporalMix(config.audio.n_slices, self.num_slots, newest_alone=False)
@@ -409,6 +543,20 @@ class LiteDiffSal(SaliencyModel):
                                         frame_seconds=config.frame_stride / NOMINAL_FPS,
                                         slice_seconds=config.audio.slice_hop_seconds)
             self.sync_proj = nn.ModuleList(nn.Conv2d(sync, c, 1) for c in channels)
+        # Timing pathway (v4): fixed "changes here when the sound rises" measurements on the
+        # sync grid, added to every stage's video slots and, through a small head, straight
+        # to the output logits. Both start at zero, so a model initialised from v3 starts as v3.
+        self.timing = None
+        if self.onset_rows:
+            self.timing = TimingPathway(config.frames, config.audio.n_slices, self.onset_rows,
+                                        row_seconds=STFT_HOP / SAMPLE_RATE,
+                                        frame_seconds=config.frame_stride / NOMINAL_FPS)
+            self.timing_proj = nn.ModuleList(nn.Conv2d(self.timing.channels, c, 1) for c in channels)
+            self.timing_head = nn.Sequential(nn.Conv2d(self.timing.channels, 16, 3, padding=1), nn.ReLU(),
+                                             nn.Conv2d(16, 1, 1))
+            for conv in [*self.timing_proj, self.timing_head[-1]]:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         # Audio-only: a coarse "where does it sound from" map, added to the null video (so
         # the decoder draws it like an object it sees) and to the output logits. Without
         # it the audio reached an audio-only map through the attention keys alone and v1
@@ -530,6 +678,17 @@ class LiteDiffSal(SaliencyModel):
             out.append(s + proj(r).unsqueeze(2))
         return out
 
+    def _split_audio(self, audio_feats: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Window audio (B, Ca [+ rows], S) -> (slice vectors (B, Ca, S), loudness rise (B, S·rows) or None)."""
+        if audio_feats is None or not self.onset_rows:
+            return audio_feats, None
+        ca = self.audio_channels
+        if audio_feats.dim() != 3 or audio_feats.shape[1] != ca + self.onset_rows:
+            raise SalstreamError(f"lite audio features must be (B, {ca + self.onset_rows}, S) (per-slice vectors "
+                                 f"stacked on axis 2), got {tuple(audio_feats.shape)}")
+        rise = audio_feats[:, ca:].transpose(1, 2).reshape(audio_feats.shape[0], -1)   # slice by slice, oldest first
+        return audio_feats[:, :ca], rise
+
     def audio_slot_stack(self, audio_feats: Optional[torch.Tensor], batch: int) -> torch.Tensor:
         if audio_feats is None:
             return self.null_audio.expand(batch, -1, -1, -1, -1)
@@ -549,6 +708,7 @@ class LiteDiffSal(SaliencyModel):
             raise SalstreamError(f"x_t has shape {tuple(x_t.shape)}, expected (B, 1, {self.config.map_size[0]}, "
                                  f"{self.config.map_size[1]})")
         b = x_t.shape[0]
+        audio_feats, rise = self._split_audio(audio_feats)
         temb = self.temb(t)
         f_in, noise = self.noise_features(x_t, temb)
         audio = self.audio_slot_stack(audio_feats, b)
@@ -562,6 +722,10 @@ class LiteDiffSal(SaliencyModel):
                 gh, gw = self.grids[self.sync_level]
                 where = self.audio_prior(audio.flatten(1)).reshape(-1, 1, gh, gw)
         video = self.video_slot_stacks(video_feats, b, audio_feats, where)
+        timing = None
+        if self.timing is not None and video_feats is not None:
+            timing = self.timing(video_feats[self.sync_level], rise)
+            video = self._add_to_slots(video, timing, self.timing_proj)
         fine = self.grids[-1]
         total = None
         x = None
@@ -582,6 +746,9 @@ class LiteDiffSal(SaliencyModel):
                           align_corners=False)
         h = F.silu(h + self.noise_skip(f_in))
         logits = self.logits(h)
+        if timing is not None:
+            logits = logits + F.interpolate(self.timing_head(timing), size=tuple(self.config.map_size),
+                                            mode="bilinear", align_corners=False)
         if where is not None:
             # Also straight onto the output logits: a diffuse "where" map (the best guess when
             # only audio is known) learns far faster here than through the whole decoder.
