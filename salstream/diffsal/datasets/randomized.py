@@ -19,9 +19,11 @@ here keep only that relation and randomise everything else:
 * *off-screen* clips: the sounds come from no visible object; every object's events are
   off-sync with them.
 
-Styles are drawn from *families* (:data:`STYLE_FAMILIES`); each factor's families are
-split into ``in`` (the families a model may be trained on) and ``held-out`` (never used
-for training), so a score on held-out-style clips measures transfer, not memory.
+Styles are drawn from *families* (:data:`STYLE_FAMILIES`: background, object, event, sound,
+ambience); each factor's families are split into ``in`` (the families a model may be trained
+on) and ``held-out`` (never used for training), so a score on held-out-style clips measures
+transfer, not memory. Camera motion and lighting (:data:`SHARED_FAMILIES`) are nuisances
+drawn in full by every clip: variety to learn to ignore, not a look to transfer to.
 
 Ground truth follows the benchmark generator (:func:`~diffsal.datasets.synthetic.mixture_density`):
 ``CENTRE_MASS`` on a centre bias, ``SOURCE_MASS`` on the sounding object and
@@ -52,17 +54,23 @@ from salstream.diffsal.datasets.synthetic import (
     sine_background,
 )
 
-# factor -> style split -> families. A clip of style split s draws every factor from s.
+# factor -> style split -> families. A clip of style split s draws every factor from s:
+# what the scene looks and sounds like.
 STYLE_FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
-    "background": {"in": ("sines", "gradient"), "held-out": ("blobs", "stripes")},
-    "camera": {"in": ("static", "pan"), "held-out": ("zoom", "shake")},
-    "lighting": {"in": ("steady", "drift"), "held-out": ("flicker",)},
+    "background": {"in": ("sines", "gradient", "noise", "clutter"), "held-out": ("blobs", "stripes")},
     "object": {"in": ("disc", "square", "diamond"), "held-out": ("ring", "triangle", "textured", "cross")},
-    "event": {"in": ("flash", "pulse"), "held-out": ("bounce", "turn")},
+    "event": {"in": ("flash", "bounce"), "held-out": ("pulse", "turn")},
     "sound": {"in": ("tone", "noise"), "held-out": ("knock", "chirp", "click")},
     "ambience": {"in": ("hiss",), "held-out": ("rumble", "hum")},
 }
 STYLES = ("in", "held-out")
+# Nuisances every clip draws from all families, in training and evaluation alike: how the
+# camera moves and the light changes is variety a model must learn to ignore, not a style
+# to transfer to.
+SHARED_FAMILIES: dict[str, tuple[str, ...]] = {
+    "camera": ("static", "pan", "zoom", "shake"),
+    "lighting": ("steady", "drift", "flicker"),
+}
 
 # Evaluation splits: name -> (first seed, style split, sound off screen). Disjoint from the
 # benchmark's seeds (0 … 3 000 000) and from each other.
@@ -171,6 +179,7 @@ class RandomizedClip:
         self.scale = min(self.width / 384, self.height / 224)
         rng = np.random.default_rng([self.seed, 10])
         self.styles = {f: str(rng.choice(fams[style])) for f, fams in STYLE_FAMILIES.items()}
+        self.styles.update({f: str(rng.choice(fams)) for f, fams in SHARED_FAMILIES.items()})
         self._camera = self._make_camera(rng)
         self._lighting = self._make_lighting(rng)
         self._world_cache: Optional[np.ndarray] = None   # drawn on first use from its own stream
@@ -270,6 +279,26 @@ class RandomizedClip:
             s = np.cos(ang) * xx + np.sin(ang) * yy
             s = (s - s.min()) / max(float(s.max() - s.min()), 1e-6)
             img = a[None, None] * (1 - s[..., None]) + b[None, None] * s[..., None]
+        elif kind == "noise":   # busy colour texture: value noise at three scales, fine detail included
+            import cv2
+            img = np.zeros((H, W, 3), np.float32)
+            for cells, amp in ((6, 70.0), (24, 45.0), (96, 30.0)):
+                grid = rng.uniform(-1, 1, size=(cells, max(2, cells * W // H), 3)).astype(np.float32)
+                img += amp * cv2.resize(grid, (W, H), interpolation=cv2.INTER_LINEAR)
+            img += rng.uniform(70, 180, size=(1, 1, 3)).astype(np.float32)
+        elif kind == "clutter":   # static hard-edged rectangles and lines: structure that never moves
+            import cv2
+            img = np.empty((H, W, 3), np.float32)
+            img[:] = rng.uniform(30, 220, size=3)
+            for _ in range(int(rng.integers(25, 60))):
+                col = tuple(float(c) for c in rng.uniform(20, 235, size=3))
+                x0, y0 = int(rng.integers(0, W)), int(rng.integers(0, H))
+                if rng.random() < 0.6:
+                    w, h = int(rng.integers(8, W // 4)), int(rng.integers(8, H // 4))
+                    cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), col, thickness=-1)
+                else:
+                    x1, y1 = int(rng.integers(0, W)), int(rng.integers(0, H))
+                    cv2.line(img, (x0, y0), (x1, y1), col, thickness=int(rng.integers(2, 8)))
         elif kind == "blobs":   # smooth value noise: large soft colour patches
             import cv2
             gh, gw = int(rng.integers(3, 7)), int(rng.integers(4, 10))
