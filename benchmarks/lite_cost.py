@@ -28,8 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from salstream.diffsal import create_model  # noqa: E402
-from salstream.diffsal.registry import arch_overrides  # noqa: E402
 from salstream.diffsal.models.base import stack_time  # noqa: E402
+from salstream.diffsal.registry import arch_overrides  # noqa: E402
 
 
 def count_gflops(fn: Callable[[], object]) -> float:
