@@ -63,6 +63,53 @@ def test_saved_maps_equal_the_published_maps_bit_for_bit(engine, tmp_path, paylo
             assert set(z.files) == {"maps", "frame_index", "pts", "capture_time", "publish_time", "seq", "mode"}
 
 
+def test_saved_spreads_equal_the_published_ones_and_line_up_with_their_maps(engine, tmp_path):
+    """--samples K: each map's spread (conf/<stream>) is saved beside it; with one map per chunk
+    every spread lands in the chunk after its map's, and the join still lines them up."""
+    n = 10
+    out = tmp_path / "maps"
+    source = SyntheticSource(3, stream_id="0", paced=False, max_frames=n, width=96, height=64)
+    opts = PipelineOptions(publish="tcp://127.0.0.1:*", paced=False, wait_subscriber=30, samples=3,
+                           payload_dtype="uint8")
+    pipe = Pipeline(opts, engine, sources=[source], consumers=[MapSaver(out, chunk_maps=1)])
+    th = threading.Thread(target=pipe.run)
+    th.start()
+    assert pipe.bound.wait(30)
+    confs = {}
+    with Subscriber(pipe.endpoint, kinds={"map", "conf"}) as sub:
+        while th.is_alive() or sub._sock.poll(0):
+            m = sub.recv(timeout=0.5)
+            if isinstance(m, wire.ConfMessage):
+                confs[m.header.seq] = m.spread
+    th.join(60)
+    saved = load_saved_maps(out, "0")
+    assert saved.complete and len(saved) == n == len(confs)
+    assert saved.maps.dtype == np.uint8 and saved.spread.dtype == np.float32
+    assert saved.spread.shape == saved.maps.shape
+    for i, seq in enumerate(saved.seq):
+        assert saved.spread[i].tobytes() == confs[int(seq)].tobytes()
+    assert float(saved.spread.max()) > 0
+    with np.load(out / "0" / "maps.npz", allow_pickle=False) as z:
+        assert "spread" in z.files and "spread_seq" not in z.files
+
+
+def test_a_map_whose_spread_was_not_saved_gets_nan(tmp_path):
+    saver = MapSaver(tmp_path / "maps", chunk_maps=2, chunk_seconds=60)
+    saver.start()
+    for i in range(4):
+        saver.on_map(header(i), np.full((4, 6), i / 10, np.float32))
+        if i != 2:
+            saver.on_spread(header(i), np.full((4, 6), i / 100, np.float32))
+    saver.close()
+    saved = load_saved_maps(tmp_path / "maps", "cam")
+    assert np.isnan(saved.spread[2]).all()
+    assert [float(saved.spread[i, 0, 0]) for i in (0, 1, 3)] == pytest.approx([0.0, 0.01, 0.03])
+    plain = MapSaver(tmp_path / "plain")
+    plain.on_map(header(0), np.zeros((4, 6), np.float32))
+    plain.close()
+    assert load_saved_maps(tmp_path / "plain", "cam").spread is None    # no --samples: no spread array
+
+
 def header(i: int) -> wire.MapHeader:
     return wire.MapHeader(stream="cam", frame_index=i, pts=i / 30, capture_time=100 + i / 30, seq=i, publish_time=101)
 

@@ -5,14 +5,18 @@
     DIR/<stream>/maps.npz        the whole run: maps (N, H, W) exactly as published (float32, or uint8
                                  with --payload uint8), frame_index (N,) int64, pts (N,) float64 (s, media
                                  clock), capture_time / publish_time (N,) float64 (publisher's monotonic
-                                 clock, s), seq (N,) int64, mode (N,) str
+                                 clock, s), seq (N,) int64, mode (N,) str; with --samples K > 1 also
+                                 spread (N, H, W) float32: the K draws' per-pixel standard deviation as
+                                 published on conf/<stream> (NaN where a map's spread was not saved)
     DIR/<stream>/headers.jsonl   one line per map: its full wire header (JSON)
     DIR/<stream>/png/0001.png    with --save-png: 8-bit maps (round(255 · value)) at model resolution,
                                  named by 1-based frame number like the saliency datasets
 
 The files are written as the run goes: ``headers.jsonl`` line by line, the arrays in chunks
 (``DIR/<stream>/chunks/000000.npz``, …, every ``chunk_maps`` maps or ``chunk_seconds``),
-which are joined into ``maps.npz`` when the run ends. A killed run keeps its chunks, and
+which are joined into ``maps.npz`` when the run ends. A spread arrives just after its map and
+may land in the next chunk, so chunks keep it with its map's ``seq`` (``spread_seq``) and the
+join lines it up with its map. A killed run keeps its chunks, and
 :func:`load_saved_maps` reads either form. Every ``.npz`` loads with ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -36,6 +40,7 @@ from salstream.streamer.wire import format as wire
 log = logging.getLogger("salstream.saved_maps")
 
 ARRAYS = ("maps", "frame_index", "pts", "capture_time", "publish_time", "seq", "mode")
+SPREAD, SPREAD_SEQ = "spread", "spread_seq"
 
 
 def stream_dir_name(stream_id: str) -> str:
@@ -85,9 +90,16 @@ class MapSaver:
         dtype = wire.PAYLOAD_DTYPES[header.dtype]
         published = np.frombuffer(wire.encode_map_payload(saliency, header.dtype), dtype).reshape(np.shape(saliency))
         try:
-            self._q.put_nowait((header, published))
+            self._q.put_nowait(("map", header, published))
         except queue.Full:
             self.dropped += 1
+
+    def on_spread(self, header: wire.MapHeader, spread: np.ndarray) -> None:
+        # conf/<stream> always carries float32, whatever the maps' payload dtype.
+        try:
+            self._q.put_nowait(("spread", header, np.array(spread, dtype=np.float32)))
+        except queue.Full:
+            pass       # its map keeps NaN for a spread; maps, not spreads, are what `dropped` counts
 
     def close(self, failed: bool = False) -> None:
         """Write what is queued, join the chunks into ``maps.npz``; re-raises a writer error."""
@@ -112,13 +124,16 @@ class MapSaver:
                 if item is None:
                     break
                 if item is not ...:
-                    header, saliency = item
+                    kind, header, array = item
                     files = self._streams.get(header.stream)
                     if files is None:
                         files = self._streams[header.stream] = _StreamFiles(
                             self.directory / stream_dir_name(header.stream), self.png)
-                    files.add(header, saliency)
-                    self.saved += 1
+                    if kind == "map":
+                        files.add(header, array)
+                        self.saved += 1
+                    else:
+                        files.add_spread(header, array)
                 now = time.monotonic()
                 for files in self._streams.values():
                     if files.pending >= self.chunk_maps or (files.pending and now - files.since >= self.chunk_seconds):
@@ -143,12 +158,13 @@ class _StreamFiles:
         self.png = png
         self._headers = open(folder / "headers.jsonl", "w", encoding="utf-8")
         self._rows: list[tuple[wire.MapHeader, np.ndarray]] = []
+        self._spreads: list[tuple[int, np.ndarray]] = []       # (seq of its map, spread)
         self._chunks = 0
         self.since = 0.0
 
     @property
     def pending(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + len(self._spreads)
 
     def add(self, header: wire.MapHeader, saliency: np.ndarray) -> None:
         if not self._rows:
@@ -165,17 +181,27 @@ class _StreamFiles:
                 raise OSError(f"cannot write {target}")
             os.replace(tmp, target)
 
+    def add_spread(self, header: wire.MapHeader, spread: np.ndarray) -> None:
+        if not self.pending:
+            self.since = time.monotonic()
+        self._spreads.append((header.seq, spread))
+
     def write_chunk(self) -> None:
         rows, self._rows = self._rows, []
-        _save_npz(self.folder / "chunks" / f"{self._chunks:06d}.npz", _arrays(rows))
+        spreads, self._spreads = self._spreads, []
+        arrays = _arrays(rows) if rows else {}
+        if spreads:
+            arrays[SPREAD] = np.stack([s for _, s in spreads])
+            arrays[SPREAD_SEQ] = np.array([q for q, _ in spreads], np.int64)
+        _save_npz(self.folder / "chunks" / f"{self._chunks:06d}.npz", arrays)
         self._chunks += 1
 
     def finish(self) -> None:
-        if self._rows:
+        if self.pending:
             self.write_chunk()
         self._headers.close()
         chunk_files = sorted((self.folder / "chunks").glob("*.npz"))
-        _save_npz(self.folder / "maps.npz", _join([_load_npz(p) for p in chunk_files]))
+        _save_npz(self.folder / "maps.npz", _align_spread(_join([_load_npz(p) for p in chunk_files])))
         for p in chunk_files:
             p.unlink()
         (self.folder / "chunks").rmdir()
@@ -193,9 +219,28 @@ def _arrays(rows: list[tuple[wire.MapHeader, np.ndarray]]) -> dict[str, np.ndarr
 
 
 def _join(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not parts:
-        return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Concatenate the chunks' arrays key by key (a chunk may hold only maps or only spreads)."""
+    keys = dict.fromkeys(k for p in parts for k in p)
+    return {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
+
+
+def _align_spread(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Spreads stored with their map's seq -> ``spread`` (N, H, W) in the maps' order, NaN where
+    a map has none; arrays without spreads are returned as they are."""
+    if SPREAD_SEQ not in arrays:
+        return arrays
+    arrays = dict(arrays)
+    spreads, seqs = arrays.pop(SPREAD), arrays.pop(SPREAD_SEQ)
+    if "maps" not in arrays:     # spreads of maps that never got saved
+        return arrays
+    row = {int(q): i for i, q in enumerate(arrays["seq"])}
+    aligned = np.full(arrays["maps"].shape, np.nan, np.float32)
+    for q, s in zip(seqs, spreads):
+        i = row.get(int(q))
+        if i is not None and s.shape == aligned.shape[1:]:
+            aligned[i] = s
+    arrays[SPREAD] = aligned
+    return arrays
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -221,6 +266,7 @@ class SavedMaps:
     seq: np.ndarray
     mode: np.ndarray
     complete: bool          # False: read from the chunks of a run that did not finish
+    spread: Optional[np.ndarray] = None   # (N, H, W) float32 with --samples K > 1, NaN where missing
 
     def __len__(self) -> int:
         return len(self.frame_index)
@@ -236,7 +282,7 @@ def load_saved_maps(directory: str | os.PathLike, stream: str = "0") -> SavedMap
         chunks = sorted((folder / "chunks").glob("[0-9]*.npz"))
         if not chunks:
             raise SalstreamError(f"{folder}: no saved maps of stream {stream!r} (no maps.npz, no chunks/)")
-        arrays, complete = _join([_load_npz(p) for p in chunks]), False
-    if not arrays:       # a stream folder whose run ended before its first map
+        arrays, complete = _align_spread(_join([_load_npz(p) for p in chunks])), False
+    if "maps" not in arrays:       # a stream folder whose run ended before its first map
         arrays = {k: np.zeros((0,), np.float32) for k in ARRAYS}
-    return SavedMaps(**{k: arrays[k] for k in ARRAYS}, complete=complete)
+    return SavedMaps(**{k: arrays[k] for k in ARRAYS}, complete=complete, spread=arrays.get(SPREAD))
