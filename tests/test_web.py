@@ -266,6 +266,20 @@ def test_a_slow_browser_gets_the_newest_map_not_a_backlog(engine):
     assert (steps > 0).all() and steps.max() >= 3, f"the maps came one by one (seq {seqs}; bridge {received})"
 
 
+def test_a_browser_gone_before_its_hello_ends_its_sender_quietly():
+    """The page closed while it loaded: the first send fails. The sender task must end, not leave
+    an exception for the event loop to print ("Task exception was never retrieved")."""
+    class GoneBrowser:          # the transport state aiohttp reports for a reset connection
+        closed = False
+
+        async def send_json(self, data):
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    with WebViewer("127.0.0.1:0") as viewer:
+        viewer.connect("tcp://127.0.0.1:1")          # nobody publishes there
+        assert asyncio.run(viewer._send_loop(GoneBrowser(), {"streams": None})) is None
+
+
 def test_listen_address_rules():
     with pytest.raises(SalstreamError, match="not a loopback address.*--allow-remote"):
         WebViewer("0.0.0.0:0")

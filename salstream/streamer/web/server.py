@@ -296,10 +296,11 @@ class WebViewer:
 
     async def _send_loop(self, ws: web.WebSocketResponse, client: dict) -> None:
         loop = asyncio.get_running_loop()
-        await ws.send_json({"type": "hello", "version": 1, "address": self.bridge.address})
         known: list[str] = []
         next_stats = 0.0
         try:
+            # Inside the try: a browser may be gone before its hello (a page closed while loading).
+            await ws.send_json({"type": "hello", "version": 1, "address": self.bridge.address})
             while not ws.closed and not self._closing:
                 streams = self.bridge.streams()
                 if streams != known:
