@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import salstream
 from salstream.artifacts.graphs import DENOISE_GRAPHS  # noqa: E402
 from salstream.artifacts.manifest import MANIFEST_NAME, file_sha256, read_manifest, weights_sha256  # noqa: E402
 from salstream.cli.export import check_parity  # noqa: E402
@@ -18,6 +20,9 @@ from salstream.engines import create_engine  # noqa: E402
 from salstream.errors import SalstreamError  # noqa: E402
 from salstream.export.onnx_export import export_onnx  # noqa: E402
 from tests.support.tiny_models import tiny_model
+
+# Where this machine keeps the code the graphs were traced from: must not end up in the files.
+LOCAL_DIRS = {str(Path(salstream.__file__).resolve().parent), str(Path(__file__).resolve().parent)}
 
 
 @pytest.mark.parametrize("per_frame", [True, False])
@@ -47,6 +52,10 @@ def test_manifest_matches_the_graph_files(tiny_exports, per_frame):
         assert file_sha256(d / g.file) == g.sha256
         proto = onnx.load(str(d / g.file))
         onnx.checker.check_model(proto)
+        # no stack traces naming this machine's files in a graph that gets copied around
+        assert not any(p.encode() in (d / g.file).read_bytes() for p in LOCAL_DIRS), name
+        assert not any(n.doc_string or any(p.key.endswith("stack_trace") for p in n.metadata_props)
+                       for n in proto.graph.node), name
         assert any(o.version == m.opset for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         sess = ort.InferenceSession(str(d / g.file), providers=["CPUExecutionProvider"])
         ins, outs = sess.get_inputs(), sess.get_outputs()

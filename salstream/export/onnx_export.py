@@ -114,6 +114,7 @@ def _write_graph(name: str, module: nn.Module, args: tuple, outputs: Sequence[to
     used = _export_graph(module, args, path, io_in, io_out, opset, external_data, exporter)
     if fp16:
         _convert_fp16(path, external_data)
+    _drop_local_paths(path)
     model_proto = onnx.load(str(path), load_external_data=False)
     extra = {}
     data = out_dir / f"{name}.onnx.data"
@@ -123,6 +124,40 @@ def _write_graph(name: str, module: nn.Module, args: tuple, outputs: Sequence[to
                      inputs=_specs_from(io_in, flatten_args(args), model_proto.graph.input),
                      outputs=_specs_from(io_out, list(outputs), model_proto.graph.output))
     return spec, used
+
+
+# Node metadata the torch exporters write that names files of the exporting machine (source
+# paths in Python stack traces). Exported folders get copied to other machines and shared.
+_LOCAL_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def _graphs_of(graph: "onnx.GraphProto"):
+    """The graph and every subgraph under its nodes (If/Loop bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs_of(attr.g)
+            for g in attr.graphs:
+                yield from _graphs_of(g)
+
+
+def _drop_local_paths(path: Path) -> None:
+    """Remove stack traces (node doc strings, ``pkg.torch.onnx.stack_trace``) from a written graph;
+    tensors and external data stay as they are."""
+    proto = onnx.load(str(path), load_external_data=False)
+    nodes = [n for g in _graphs_of(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    changed = False
+    for node in nodes:
+        if node.doc_string:
+            node.doc_string, changed = "", True
+        keep = [p for p in node.metadata_props if p.key not in _LOCAL_METADATA]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+            changed = True
+    if changed:
+        onnx.save(proto, str(path))
 
 
 def _convert_fp16(path: Path, external_data: bool) -> None:
