@@ -231,6 +231,35 @@ def test_a_source_that_cannot_open_fails_its_call_only(forwarded_replica):
     assert rep.status()["running"] == ["b"]
 
 
+def test_serve_roi_publishes_roi_messages_for_every_map_through_the_forwarder():
+    """serve --roi: each replica runs the ROI feed, so roi/<stream> leaves on the one public
+    address beside the maps, at the source's frame size, one per map."""
+    from salstream.streamer.guidance.roi import RoiConfig
+    fwd = Forwarder("tcp://127.0.0.1:*", ["a"])
+    rep = StreamReplica("r0", OPTS, TinyEngine(), fwd.start(), roi=RoiConfig(block_size=16))
+    try:
+        rep.ready(timeout=60)
+        with Subscriber(fwd.endpoint, ["a"], kinds={"map", "roi"}) as sub:
+            time.sleep(0.3)                                   # the subscription reaches the forwarder
+            rep.add_stream("a", "synthetic:1")
+            maps, rois = {}, {}
+            deadline = time.monotonic() + 30
+            while len(rois) < 8 and time.monotonic() < deadline:
+                m = sub.recv(timeout=0.5)
+                if isinstance(m, wire.RoiMessage):
+                    rois[m.frame_index] = m
+                elif isinstance(m, wire.MapMessage):
+                    maps[m.frame_index] = m
+    finally:
+        rep.stop()
+        fwd.close()
+    assert len(rois) >= 8, f"{len(rois)} roi messages"
+    assert set(rois) <= set(maps)                             # every ROI belongs to a published map
+    h, w = maps[min(rois)].header.source_shape
+    assert all(r.frame_size == (h, w) for r in rois.values())
+    assert next(iter(rois.values())).offsets.shape == (-(-h // 16), -(-w // 16))
+
+
 # ---------------------------------------------------------------------------------- Ray
 def _need_ray():
     return pytest.importorskip("ray", reason="the cluster tests need the 'serve' extra (pip install '.[serve]')")
@@ -242,12 +271,12 @@ def _with_repo_on_path(env: dict) -> dict:
 
 
 @pytest.mark.ray
-def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoint):
+def test_serve_command_publishes_both_streams_and_their_roi_and_stops_on_ctrl_c(small_checkpoint):
     _need_ray()
     proc = subprocess.Popen(
         [sys.executable, "-m", "salstream", "serve", "--source", "synthetic", "--source", "synthetic:1",
          "--replicas", "2", "--publish", "tcp://127.0.0.1:*", "--checkpoint", str(small_checkpoint),
-         "--engine", "torch", "--threads", "1", "--steps", "1", "--no-frames", "--replica-cpus", "0.5"],
+         "--engine", "torch", "--threads", "1", "--steps", "1", "--no-frames", "--replica-cpus", "0.5", "--roi"],
         cwd=REPO, env=_with_repo_on_path(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines: list[str] = []
     endpoint = threading.Event()
@@ -270,6 +299,13 @@ def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoi
             # (stops early if the command exits, so its error shows at once)
             maps = collect_maps(sub, lambda m: (len(m["0"]) >= 3 and len(m["1"]) >= 3) or proc.poll() is not None,
                                 timeout=120)
+        with Subscriber(endpoint.address, kinds={"roi"}) as rsub:      # --roi: the replicas' ROI feeds
+            roi_streams: set[str] = set()
+            roi_deadline = time.monotonic() + 60
+            while roi_streams != {"0", "1"} and proc.poll() is None and time.monotonic() < roi_deadline:
+                m = rsub.recv(timeout=0.5)
+                if m is not None:
+                    roi_streams.add(m.stream)
         assert proc.poll() is None, "".join(err_lines)[-3000:]
         proc.send_signal(signal.SIGINT)
         proc.wait(90)                      # (the summary is far smaller than a pipe's buffer)
@@ -281,6 +317,7 @@ def test_serve_command_publishes_both_streams_and_stops_on_ctrl_c(small_checkpoi
             proc.wait()
     err = "".join(err_lines)
     assert len(maps["0"]) >= 3 and len(maps["1"]) >= 3, err[-3000:]
+    assert roi_streams == {"0", "1"}, err[-3000:]
     for sid in ("0", "1"):
         assert not wire.missing_fields(maps[sid][0][1].header)
         assert np.all(np.diff([m.pts for _, m in maps[sid]]) > 0)

@@ -9,6 +9,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+from salstream.cli.roi_options import roi_config
 from salstream.cli.run import add_stream_options, options_from_args
 from salstream.cli.stop_signals import handling_stop_signals
 from salstream.errors import SalstreamError
@@ -64,9 +65,7 @@ def serve(args: argparse.Namespace) -> int:
     opts.sources = []
     if args.summary_json is not None and Path(args.summary_json).is_dir():
         raise SalstreamError(f"--summary-json {args.summary_json}: is a folder; give a file name, e.g. summary.json")
-    if args.roi:   # the ROI feed is a consumer of one process's maps; replicas do not run it
-        raise SalstreamError("--roi: not available with serve yet; follow the cluster's maps with "
-                             "`salstream encode --connect ADDR --guide maps` instead")
+    roi = roi_config(args, prefix="roi-") if args.roi else None    # bad ROI numbers fail before a cluster starts
     if args.health_timeout <= 0:
         raise SalstreamError(f"--health-timeout {args.health_timeout}: must be > 0 seconds")
     level = logging.getLevelName(logging.getLogger("salstream").getEffectiveLevel())
@@ -74,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
                                                _absolute(args.artifacts)),
                             streams, replicas=args.replicas, ray_address=args.ray_address,
                             replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus,
-                            health_timeout=args.health_timeout, log_level=level)
+                            health_timeout=args.health_timeout, log_level=level, roi=roi)
     import_ray()                                     # a missing extra fails in one line, before anything starts
     stopping = threading.Event()
 

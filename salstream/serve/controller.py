@@ -137,7 +137,7 @@ class ClusterController:
                  ray_address: Optional[str] = None, replica_cpus: float = 1.0, replica_gpus: float = 0.0,
                  object_store_mb: int = 128, health_interval: float = 0.5, health_timeout: float = 10.0,
                  ready_timeout: float = 600.0, log_level: Optional[str] = None, replace_lost: bool = True,
-                 max_replacements: Optional[int] = None, replace_delay: float = 5.0):
+                 max_replacements: Optional[int] = None, replace_delay: float = 5.0, roi: Any = None):
         opts.validate()
         if replicas < 1:
             raise SalstreamError(f"--replicas {replicas}: must be >= 1")
@@ -147,6 +147,7 @@ class ClusterController:
         if not streams:
             raise SalstreamError("no streams: give --source SPEC (repeatable) or --config streams.yaml")
         self.opts, self.engine = opts, engine
+        self.roi = roi                       # a RoiConfig: every replica also publishes roi/<stream>
         self.n_replicas, self.ray_address = int(replicas), ray_address
         self.replica_cpus, self.replica_gpus = float(replica_cpus), float(replica_gpus)
         self.object_store_mb = int(object_store_mb)
@@ -255,7 +256,8 @@ class ClusterController:
                 num_cpus=self.replica_cpus, num_gpus=self.replica_gpus, max_concurrency=4, max_restarts=0,
                 scheduling_strategy="SPREAD")
         r = ReplicaState(len(self.replicas), f"r{len(self.replicas)}", None)
-        r.actor = self._actor_cls.remote(r.name, self.opts, self.engine, self.forwarder.address, self.log_level)
+        r.actor = self._actor_cls.remote(r.name, self.opts, self.engine, self.forwarder.address, self.log_level,
+                                         roi=self.roi)
         r.starting, r.pending_since = r.actor.ready.remote(self.ready_timeout), time.monotonic()
         self.replicas.append(r)
         return r

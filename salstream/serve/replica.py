@@ -71,10 +71,12 @@ class StreamReplica:
     ``opts``: the live options (sources, publish and duration are the controller's business
     and ignored here). ``engine``: an engine or a zero-argument factory (:class:`EngineRecipe`).
     ``forward_to``: the driver's forwarder address, which this replica connects to.
+    ``roi``: also publish ``roi/<stream>`` for every map (``serve --roi``; a
+    :class:`~salstream.streamer.guidance.roi.RoiConfig`), as ``salstream run --roi`` does.
     """
 
     def __init__(self, name: str, opts: PipelineOptions, engine: Any, forward_to: str,
-                 log_level: Optional[str] = None, subscribe_timeout: float = 10.0):
+                 log_level: Optional[str] = None, subscribe_timeout: float = 10.0, roi: Any = None):
         _log_to_stderr(name, log_level)
         self.name = name
         self.opts = dataclasses.replace(opts, sources=[], publish=None, duration=None, wait_subscriber=0.0)
@@ -85,7 +87,12 @@ class StreamReplica:
             self.publisher.close()
             raise SalstreamError(f"replica {name}: no connection to the driver's forwarder {forward_to} "
                                  f"after {subscribe_timeout:.0f} s; check that this node can reach it")
-        self.pipe = Pipeline(self.opts, engine, sources=[], publisher=self.publisher, keep_open=True)
+        consumers = []
+        if roi is not None:        # per-stream smoothing restarts on a moved stream's first map (its gap flag)
+            from salstream.streamer.guidance.roi import RoiFeed
+            consumers.append(RoiFeed(roi))
+        self.pipe = Pipeline(self.opts, engine, sources=[], publisher=self.publisher, keep_open=True,
+                             consumers=consumers)
         self._lock = threading.Lock()
         self.streams: dict[str, dict[str, Any]] = {}     # stream id -> what status() says about it
         self.summary = None
