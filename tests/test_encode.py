@@ -20,6 +20,7 @@ from salstream.streamer.guidance.encoder import EncodeSettings, GuidedEncoder, R
 from salstream.streamer.guidance.quality import encode_clip, encode_matched, measure_region_quality
 from salstream.streamer.guidance.roi import Region, RoiConfig, regions_to_struct
 from salstream.streamer.live.units import VideoFrame
+from tests.support.rtsp import free_port
 
 W, H = 256, 128
 
@@ -241,19 +242,12 @@ def test_cli_follows_maps_from_a_publisher(tmp_path, capsys):
     assert q.qp_outside - q.qp_inside > 10
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_runs_the_pipeline_in_process_and_publishes_roi(tmp_path, capsys):
     """Default route: the live pipeline computes the maps (an untrained lite model is enough to
     prove the wiring) and the regions actually applied go out on roi/0 next to the maps."""
     from salstream.streamer.wire.subscriber import Subscriber
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     got = []
     stop = threading.Event()
 

@@ -19,6 +19,7 @@ from salstream.streamer.overlay.recording import OverlayRecorder, OverlayRecordi
 from salstream.streamer.overlay.render import blend, heatmap
 from salstream.streamer.wire.subscriber import Subscriber
 from tests.support.media import write_test_clip
+from tests.support.rtsp import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,7 @@ def test_recorder_rejects_other_extensions(tmp_path):
 def test_signal_finishes_cleanly_with_a_playable_recording(sig, small_checkpoint, tmp_path):
     clip = write_test_clip(tmp_path / "long.mp4", seconds=20, fps=10, size=(96, 64), audio_rate=16000)
     record = tmp_path / "overlay.mp4"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "salstream", "run", "--source", str(clip.path), "--checkpoint",
@@ -120,13 +121,6 @@ def test_view_without_gui_asks_for_record(capsys, monkeypatch):
     monkeypatch.setattr("salstream.streamer.overlay.render.has_gui", lambda: False)
     code = cli.main(["view", "tcp://127.0.0.1:1"])
     assert code == 2 and "--record" in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_recording_holds_the_newest_map_for_frames_without_one(tmp_path):
