@@ -113,9 +113,12 @@ def test_latest_wins_bounds_latency_and_counts_drops(engine):
     assert targets == sorted(targets)
     assert targets[-1] >= len(windows) - 1 - 1               # the newest window (or its phase twin) ran
     compute = max(sum(r.latency_ms["denoise"]) + r.latency_ms["video_encoder"] for r in results) / 1000
-    for r in results:                                        # never waits behind a backlog: the two stages
-        assert r.latency_ms["wait"] / 1000 <= 2 * compute + 2 / FPS + 0.05   # hold one window each at most
-        assert r.done_time - r.window.target_capture <= 3 * compute + 2 / FPS + 0.1
+    # Never waits behind a backlog: the two stages hold one window each at most, so a wait is
+    # about two windows' compute, while a queue would grow by one per frame (seconds by the end).
+    # A third window of slack: other tests' threads in this process may still be winding down.
+    for r in results:
+        assert r.latency_ms["wait"] / 1000 <= 3 * compute + 2 / FPS + 0.05
+        assert r.done_time - r.window.target_capture <= 4 * compute + 2 / FPS + 0.1
 
 
 def test_latest_wins_keeps_the_frame_phase_of_the_last_window(engine):
