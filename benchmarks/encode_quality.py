@@ -229,6 +229,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rates", default="100k,200k,400k,800k", help="ABR bitrates (≥ 4)")
     p.add_argument("--crfs", default="24,28,32,36", help="CRF values with --rate-control crf (≥ 4)")
     p.add_argument("--preset", default="veryfast")
+    p.add_argument("--encoder-threads", type=int, default=1,
+                   help="threads per encode (default 1: with x264's automatic threading the same encode "
+                        "differs from run to run, which moved BD-rates by a few %%; 0 = the codec's choice)")
     p.add_argument("--strength", type=float, default=1.0, help="scale of the default QP offsets (−10 salient, +6 background)")
     p.add_argument("--smooth", type=float, default=RoiConfig().time_constant, help="QP smoothing time constant (s)")
     p.add_argument("--block-size", type=int, default=RoiConfig().block_size)
@@ -253,13 +256,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         points = [parse_bitrate(b) for b in args.rates.split(",")]
     else:
         points = [float(c) for c in args.crfs.split(",")]
+    if args.encoder_threads < 0:
+        raise SystemExit(f"--encoder-threads {args.encoder_threads}: must be >= 0 (0 = the codec's choice)")
     if len(points) < 4:
         raise SystemExit("BD-rate needs at least 4 rates (--rates / --crfs)")
 
     def settings(codec: str) -> list[EncodeSettings]:
         if args.rate_control == "abr":
-            return [EncodeSettings(bitrate=b, preset=args.preset, codec=codec) for b in points]
-        return [EncodeSettings(crf=c, preset=args.preset, codec=codec) for c in points]
+            return [EncodeSettings(bitrate=b, preset=args.preset, codec=codec, threads=args.encoder_threads)
+                    for b in points]
+        return [EncodeSettings(crf=c, preset=args.preset, codec=codec, threads=args.encoder_threads) for c in points]
 
     base = dataclasses.replace(RoiConfig(), block_size=args.block_size, gamma=args.gamma)
     roi = roi_config(base, args.strength, args.smooth)

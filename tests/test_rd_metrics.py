@@ -86,10 +86,10 @@ def test_encode_quality_study_runs_end_to_end(small_checkpoint, tmp_path):
     assert all(p["ew_psnr"] > 20 and p["psnr"] > 20 for p in row["plain"] + row["guided"])
     rates = [p["bitrate"] for p in row["plain"]]
     assert rates == sorted(rates) and rates[-1] > 3 * rates[0]
-    # Strength 0 = every offset 0: the plain encode but for x264 receiving an all-zero offset array (which
-    # nudges its rate control a little), so next to no rate is saved.
+    # Strength 0 = every offset 0: the plain encode but for x264 receiving an all-zero offset array,
+    # so (one encoder thread: repeatable encodes) next to no rate is saved.
     (zero, one) = report["sweep"]["strength"]
-    assert zero["value"] == 0 and abs(zero["mean_bd_rate_ew_psnr_pct"]) < 3.0
+    assert zero["value"] == 0 and abs(zero["mean_bd_rate_ew_psnr_pct"]) < 1.0
     assert one["per_clip"][0] == row["compare"]
     (ctrl,) = report["controls"]
     assert ctrl["guide"] == "centre" and len(ctrl["guided"]) == 4
