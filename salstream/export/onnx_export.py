@@ -114,8 +114,7 @@ def _write_graph(name: str, module: nn.Module, args: tuple, outputs: Sequence[to
     used = _export_graph(module, args, path, io_in, io_out, opset, external_data, exporter)
     if fp16:
         _convert_fp16(path, external_data)
-    _drop_local_paths(path)
-    model_proto = onnx.load(str(path), load_external_data=False)
+    model_proto = _drop_local_paths(path)
     extra = {}
     data = out_dir / f"{name}.onnx.data"
     if data.exists():
@@ -142,9 +141,9 @@ def _graphs_of(graph: "onnx.GraphProto"):
                 yield from _graphs_of(g)
 
 
-def _drop_local_paths(path: Path) -> None:
+def _drop_local_paths(path: Path) -> "onnx.ModelProto":
     """Remove stack traces (node doc strings, ``pkg.torch.onnx.stack_trace``) from a written graph;
-    tensors and external data stay as they are."""
+    tensors and external data stay as they are. Returns the graph (without its external data)."""
     proto = onnx.load(str(path), load_external_data=False)
     nodes = [n for g in _graphs_of(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
     changed = False
@@ -158,6 +157,7 @@ def _drop_local_paths(path: Path) -> None:
             changed = True
     if changed:
         onnx.save(proto, str(path))
+    return proto
 
 
 def _convert_fp16(path: Path, external_data: bool) -> None:
