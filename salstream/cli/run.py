@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nsalstream run: {name}, finishing…", file=sys.stderr)
         pipe.stop()
 
-    with handling_stop_signals(on_signal):
+    with handling_stop_signals(on_signal, keep_if=stopping.is_set):
         summary = pipe.run()
     print(summary.format())
     if args.summary_json is not None:
