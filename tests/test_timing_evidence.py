@@ -1,0 +1,20 @@
+"""benchmarks/timing_evidence.py: the scoring finds the object whose region holds the evidence."""
+import numpy as np
+import pytest
+
+from benchmarks.timing_evidence import found, object_scores
+
+
+def test_the_object_under_the_evidence_is_found_now_but_not_where_it_was():
+    evidence = np.zeros((12, 20), np.float32)
+    evidence[3, 15] = 1.0                          # the cell under (300, 60) of a 384×224 picture
+    now = [[(300.0, 60.0, 10.0)], [(60.0, 180.0, 10.0)]]
+    scores = object_scores(evidence, now, (384, 224))
+    assert scores[0] > 0 and scores[1] == 0
+    assert found(scores, 0) == (1.0, pytest.approx(1.0)) and found(scores, 1)[0] == 0.0
+    # the evidence was left where object 1 passed earlier: only its path finds it
+    evidence = np.zeros((12, 20), np.float32)
+    evidence[9, 3] = 1.0
+    path = [[(300.0, 60.0, 10.0)], [(60.0, 180.0, 10.0), (200.0, 120.0, 10.0)]]
+    assert found(object_scores(evidence, path, (384, 224)), 1)[0] == 1.0
+    assert found(object_scores(evidence, [[(300.0, 60.0, 10.0)], [(200.0, 120.0, 10.0)]], (384, 224)), 1)[0] == 0.0
