@@ -17,10 +17,17 @@ sounding object has the most. Three ways to read the same evidence:
   backbone's features at temperature ``--tau``), i.e. a fixed, untrained way to bring an
   event to where its object is now.
 
-Chance is the mean of 1 / objects. Writes ``timing_evidence.json`` and ``README.md`` to
-``--out-dir``.
+Chance is the mean of 1 / objects.
 
-    python -m benchmarks.timing_evidence --clips 24 --out-dir benchmarks/results/timing_evidence
+``--fusion B1,B2,…`` also asks what the evidence would be worth as an untrained boost: the
+model's audio-visual and video-only maps (one DDIM step, as ``salstream run``) multiplied by
+``exp(β · E / max E)`` (E: ``now`` or ``carried`` evidence, upsampled to the map), scored by CC
+against the ground truth at map size on the in-style, held-out-style and off-screen splits
+(β = 0 is the model itself).
+
+Writes ``timing_evidence.json`` and ``README.md`` to ``--out-dir``.
+
+    python -m benchmarks.timing_evidence --clips 24 --fusion 0.5,1,2 --out-dir benchmarks/results/timing_evidence
 """
 from __future__ import annotations
 
@@ -95,12 +102,23 @@ def _evidence(timing, video, rise, keys=None, tau: float = 0.03):
     return F.relu(total).reshape(h, w)
 
 
-def run(clips: int, tau: float, threads: int, checkpoint: Optional[str]) -> dict:
+def fused_cc(pred: np.ndarray, evidence: np.ndarray, beta: float, density: np.ndarray) -> float:
+    """CC of ``pred`` × exp(β · evidence / its max), evidence resized to the map, with ``density``."""
+    import cv2
+
+    from salstream.diffsal.metrics import cc
+    e = cv2.resize(evidence.astype(np.float32), pred.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    e = np.maximum(e, 0.0) / (float(e.max()) + 1e-6)
+    return cc(pred * np.exp(beta * e), density)
+
+
+def run(clips: int, tau: float, threads: int, checkpoint: Optional[str], betas: Sequence[float] = ()) -> dict:
     import torch
 
     from salstream.diffsal.checkpoint import load_model
     from salstream.diffsal.datasets.randomized import cross_style_clip
-    from salstream.diffsal.datasets.windows import window_audio, window_frame_indices
+    from salstream.diffsal.datasets.windows import resize_map, window_audio, window_frame_indices
+    from salstream.diffsal.inference import predict_window
     from salstream.diffsal.models.lite import loudness_rise
     from salstream.diffsal.preprocess import preprocess_frame
     from salstream.diffsal.registry import bundled_weights
@@ -113,17 +131,21 @@ def run(clips: int, tau: float, threads: int, checkpoint: Optional[str]) -> dict
         raise SystemExit(f"{path}: this checkpoint has no timing pathway (lite v4 or later has one)")
     level = model.sync_level
     rows = {key: defaultdict(list) for key in READS}
+    fusion: dict[str, list[float]] = defaultdict(list)
+    betas = sorted({0.0, *betas}) if betas else []
+    splits = ("in-style", "held-out-style") + (("off-screen",) if betas else ())
     t0 = time.time()
-    for split in ("in-style", "held-out-style"):
+    for split in splits:
         for ci in range(clips):
             clip = cross_style_clip(split, ci, n_frames=60)
-            feats = {}
+            feats, frames = {}, {}
             for target in TARGETS:
                 idx = window_frame_indices(cfg, target, clip.n_frames)
                 with torch.no_grad():
                     for i in idx:
                         if i not in feats:
-                            raw = model.backbone_features(preprocess_frame(clip.frame(i), cfg)[None])
+                            frames[i] = preprocess_frame(clip.frame(i), cfg)
+                            raw = model.backbone_features(frames[i][None])
                             feats[i] = (raw[level], model.project_video(raw)[level])
                     video = torch.stack([feats[i][1] for i in idx], dim=2)
                     keys = torch.stack([feats[i][0] for i in idx], dim=2)
@@ -132,6 +154,19 @@ def run(clips: int, tau: float, threads: int, checkpoint: Optional[str]) -> dict
                     rise = torch.cat([loudness_rise(slices[:, s:s + 1], per) for s in range(slices.shape[1])], 1)
                     plain = _evidence(timing, video, rise).numpy()
                     carried = _evidence(timing, video, rise, keys, tau).numpy()
+                    if betas:
+                        clip_in = torch.stack([frames[i] for i in idx], dim=1)[None]
+                        density = resize_map(clip.density(target), cfg.map_size)[0].numpy()
+                        for mode in ("av", "video"):
+                            noise = torch.Generator().manual_seed(target)     # same draw for every β
+                            pred = predict_window(model, clip_in, slices[:, None], mode=mode, generator=noise)
+                            pred = pred[0, 0].numpy()
+                            for name, ev in (("now", plain), ("carried", carried)):
+                                for beta in betas:
+                                    fusion[f"{split} | {mode} | {name} | {beta:g}"].append(
+                                        fused_cc(pred, ev, beta, density))
+                if clip.source_index is None:
+                    continue                                   # off-screen: nothing to find
                 n_obj = len(clip.objects)
                 now = [[clip.object_state(k, target / clip.fps)[:3]] for k in range(n_obj)]
                 along = [[clip.object_state(k, i / clip.fps)[:3] for i in idx] for k in range(n_obj)]
@@ -148,7 +183,8 @@ def run(clips: int, tau: float, threads: int, checkpoint: Optional[str]) -> dict
     return {"clips_per_split": clips, "windows_per_clip": len(TARGETS), "tau": tau, "threads": threads,
             "checkpoint": "bundled lite" if checkpoint is None else Path(checkpoint).name,
             "machine": f"{platform.machine()}, {platform.python_version()}", "seconds": round(time.time() - t0, 1),
-            "reads": table}
+            "reads": table,
+            "fusion_cc": {k: {"windows": len(v), "cc": float(np.mean(v))} for k, v in sorted(fusion.items())}}
 
 
 def markdown(result: dict) -> str:
@@ -160,6 +196,16 @@ def markdown(result: dict) -> str:
         lines.append(f"| {group} | {row['windows']} | {row['chance']:.2f} | "
                      + " | ".join(f"{r[k]['found']:.2f}" for k in READS) + " | "
                      + " | ".join(f"{r[k]['source_share']:.2f}" for k in READS) + " |")
+    fusion = result.get("fusion_cc") or {}
+    if fusion:
+        betas = sorted({float(k.split(" | ")[3]) for k in fusion})
+        lines += ["", "CC of map × exp(β · evidence / max) (β = 0: the model alone)", "",
+                  "| split | map | evidence | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
+                  "|---|---|---|" + "---|" * len(betas)]
+        groups = sorted({tuple(k.split(" | ")[:3]) for k in fusion})
+        for split, mode, name in groups:
+            cells = [fusion.get(f"{split} | {mode} | {name} | {b:g}", {}).get("cc") for b in betas]
+            lines.append(f"| {split} | {mode} | {name} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -171,18 +217,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--clips", type=int, default=24, help="clips per split (4 windows each; default 24)")
     p.add_argument("--tau", type=float, default=0.03, help="softmax temperature of the appearance match (default 0.03)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--fusion", default="", metavar="B1,B2,…",
+                   help="also score the model's maps boosted by exp(β · evidence) for these β (adds the off-screen "
+                        "split; about 3× slower)")
     p.add_argument("--checkpoint", default=None, help="a lite checkpoint with a timing pathway (default: bundled)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/timing_evidence"))
     args = p.parse_args(argv)
     if args.clips < 1 or args.tau <= 0:
         p.error("--clips must be ≥ 1 and --tau > 0")
-    result = run(args.clips, args.tau, args.threads, args.checkpoint)
+    try:
+        betas = [float(b) for b in args.fusion.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--fusion {args.fusion!r}: give numbers separated by commas, e.g. 0.5,1,2")
+    if any(not np.isfinite(b) or b < 0 for b in betas):
+        p.error(f"--fusion {args.fusion!r}: every β must be a finite number ≥ 0")
+    result = run(args.clips, args.tau, args.threads, args.checkpoint, betas)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "timing_evidence.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (args.out_dir / "README.md").write_text(
         "# Timing evidence probe (lite v4)\n\n"
-        f"`python -m benchmarks.timing_evidence --clips {args.clips} --tau {args.tau}` "
+        f"`python -m benchmarks.timing_evidence --clips {args.clips} --tau {args.tau}"
+        + (f" --fusion {args.fusion}" if betas else "") + "` "
         f"({result['seconds']:.0f} s, {result['machine']}). See the module docstring for what is scored.\n\n"
         + table + "\n")
     print(table)

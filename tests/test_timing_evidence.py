@@ -18,3 +18,16 @@ def test_the_object_under_the_evidence_is_found_now_but_not_where_it_was():
     path = [[(300.0, 60.0, 10.0)], [(60.0, 180.0, 10.0), (200.0, 120.0, 10.0)]]
     assert found(object_scores(evidence, path, (384, 224)), 1)[0] == 1.0
     assert found(object_scores(evidence, [[(300.0, 60.0, 10.0)], [(200.0, 120.0, 10.0)]], (384, 224)), 1)[0] == 0.0
+
+
+def test_fusion_boost_is_the_model_at_beta_zero_and_helps_when_the_evidence_is_right():
+    from benchmarks.timing_evidence import fused_cc
+    from salstream.diffsal.metrics import cc
+    yy, xx = np.mgrid[0:48, 0:80]
+    blob = lambda x, y: np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 30.0)        # noqa: E731
+    density = blob(60, 12)                                                   # people look at the right one
+    pred = blob(60, 12) + blob(20, 36)                                       # the model: both movers alike
+    right, wrong = np.zeros((12, 20)), np.zeros((12, 20))
+    right[3, 15], wrong[9, 5] = 1.0, 1.0
+    assert fused_cc(pred, right, 0.0, density) == pytest.approx(cc(pred, density))
+    assert fused_cc(pred, right, 1.0, density) > cc(pred, density) > fused_cc(pred, wrong, 1.0, density)
