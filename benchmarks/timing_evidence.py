@@ -3,7 +3,7 @@
 The timing pathway (:class:`~salstream.diffsal.models.lite.TimingPathway`) correlates, per
 position of the stride-16 grid, how much the picture changes with when the sound gets
 louder, over the window's 16 frames (about one second). This script scores that fixed
-evidence (the positive part of its covariance channels, summed) directly, without the
+evidence (the positive part of the sum of its covariance channels) directly, without the
 network that reads it, on cross-style clips (:mod:`salstream.diffsal.datasets.randomized`):
 for every object, the mean evidence inside its disk; the window counts as *found* when the
 sounding object has the most. Three ways to read the same evidence:
@@ -75,39 +75,37 @@ def found(scores: np.ndarray, source: int) -> tuple[float, float]:
 
 
 def _per_frame_evidence(timing, video, rise):
-    """(T, h·w): the pathway's covariance terms split by the window frame their change ends at."""
+    """(T, h·w): the pathway's covariance channels, summed over change orders and audio lags,
+    split by the window frame each term's change ends at (summed over frames: the channels' sum)."""
     import torch
-    loud = torch.log1p(rise @ timing.pool.t())
-    spread = loud.std(dim=1, keepdim=True)
-    a = ((loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05))[0]
+    a = timing.loudness(rise)[0][0]
     frames, (h, w) = video.shape[2], video.shape[-2:]
     per_frame = torch.zeros(frames, h * w)
     for order in (1, 2):
-        # the same normalised change as the pathway
-        c = timing._change(video, order)[0]
-        c = c - c.mean(0, keepdim=True)
-        c = c / (c.std() + 1e-3)
+        c = timing._standardised(timing._change(video, order))[0]
         n, ac = c.shape[0], a[-c.shape[0]:]
         for lag in timing.LAGS:
+            # the pathway's mean over the frames where change and lagged loudness overlap
             for j in range(max(0, -lag), min(n, n - lag)):
-                per_frame[frames - n + j] += c[j].flatten() * ac[j + lag] / n
+                per_frame[frames - n + j] += c[j].flatten() * ac[j + lag] / (n - abs(lag))
     return per_frame
 
 
 def _evidence(timing, video, rise, keys=None, tau: float = 0.03, radius: Optional[int] = None):
-    """Positive covariance evidence (h, w) of one window.
+    """Evidence (h, w) of one window: the positive part of the summed covariance terms.
 
-    ``keys`` (1, C, T, h, w): carry each frame's share to the newest frame by appearance, in
-    one match over the whole picture (``radius`` None) or frame to frame within ``radius``
-    cells (``tracked``: evidence follows its object step by step, a far cheaper match)."""
+    ``keys`` (1, C, T, h, w): each frame's terms are first carried to the newest frame by
+    appearance, in one match over the whole picture (``radius`` None) or frame to frame
+    within ``radius`` cells (``tracked``: evidence follows its object step by step, a far
+    cheaper match)."""
     import torch
     import torch.nn.functional as F
-    if keys is None:
-        out = timing(video, rise)[0]
-        return F.relu(out[2:2 + 2 * len(timing.LAGS)]).sum(0)
     per_frame = _per_frame_evidence(timing, video, rise)
+    h, w = video.shape[-2:]
+    if keys is None:
+        return F.relu(per_frame.sum(0)).reshape(h, w)
     k = F.normalize(keys[0], dim=0)
-    c, frames, (h, w) = k.shape[0], k.shape[1], k.shape[-2:]
+    c, frames = k.shape[0], k.shape[1]
     if radius is None:
         newest = k[:, -1].flatten(1)
         total = torch.zeros(h * w)
@@ -124,7 +122,7 @@ def _evidence(timing, video, rise, keys=None, tau: float = 0.03, radius: Optiona
         att = torch.softmax(sim.masked_fill(~inside, float("-inf")), dim=0)
         moved = F.unfold(acc.reshape(1, 1, h, w), side, padding=radius)[0]
         acc = (att * moved).sum(0) + per_frame[f]
-    return F.relu(acc / frames).reshape(h, w)
+    return F.relu(acc).reshape(h, w)
 
 
 def fused_cc(pred: np.ndarray, evidence: np.ndarray, beta: float, density: np.ndarray) -> float:

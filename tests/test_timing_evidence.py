@@ -31,3 +31,19 @@ def test_fusion_boost_is_the_model_at_beta_zero_and_helps_when_the_evidence_is_r
     right[3, 15], wrong[9, 5] = 1.0, 1.0
     assert fused_cc(pred, right, 0.0, density) == pytest.approx(cc(pred, density))
     assert fused_cc(pred, right, 1.0, density) > cc(pred, density) > fused_cc(pred, wrong, 1.0, density)
+
+
+def test_per_frame_evidence_adds_up_to_the_pathways_own_covariance_channels():
+    # The probe splits the pathway's covariances by frame to carry them; split or not, they must
+    # be the pathway's numbers, or the probe would score something the model never sees.
+    import torch
+
+    from benchmarks.timing_evidence import _per_frame_evidence
+    from salstream.diffsal.models.lite import TimingPathway
+    timing = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=2 / 30)
+    gen = torch.Generator().manual_seed(0)
+    video, rise = torch.randn(1, 8, 16, 6, 10, generator=gen), torch.rand(1, timing.rows, generator=gen)
+    channels = timing(video, rise)[0, 2:2 + 2 * len(TimingPathway.LAGS)].sum(0)
+    per_frame = _per_frame_evidence(timing, video, rise)
+    assert per_frame.shape == (16, 60)
+    torch.testing.assert_close(per_frame.sum(0).reshape(6, 10), channels, rtol=1e-4, atol=1e-5)

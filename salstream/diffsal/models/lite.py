@@ -402,6 +402,21 @@ class TimingPathway(nn.Module):
         m = (d.pow(2).mean(dim=1) + 1e-6).sqrt()
         return m - m.mean(dim=(2, 3), keepdim=True)
 
+    @staticmethod
+    def _standardised(c: torch.Tensor) -> torch.Tensor:
+        """A change (B, L, h, w) minus its mean over time, in units of its spread over the window."""
+        c = c - c.mean(dim=1, keepdim=True)
+        return c / (c.flatten(1).std(dim=1)[:, None, None, None] + 1e-3)
+
+    def loudness(self, rise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rise (B, rows) -> (loudness per window frame standardised over the window (B, T-1),
+        its spread before standardising (B, 1))."""
+        if rise.shape[1] != self.rows:
+            raise SalstreamError(f"timing: expected {self.rows} loudness rows, got {tuple(rise.shape)}")
+        loud = torch.log1p(rise @ self.pool.t())
+        spread = loud.std(dim=1, keepdim=True)
+        return (loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05), spread
+
     def forward(self, video: torch.Tensor, rise: Optional[torch.Tensor]) -> torch.Tensor:
         """video (B, C, T, h, w) of one grid; rise (B, rows) oldest first, or None (no audio)."""
         if video.shape[2] != self.frames:
@@ -414,15 +429,10 @@ class TimingPathway(nn.Module):
             out.append(e / (e.flatten(1).std(dim=1)[:, None, None] + 1e-3))
         if rise is None:
             return torch.cat([torch.stack(out, dim=1), video.new_zeros(b, self.channels - 2, h, w)], dim=1)
-        if rise.shape[1] != self.rows:
-            raise SalstreamError(f"timing: expected {self.rows} loudness rows, got {tuple(rise.shape)}")
-        loud = torch.log1p(rise @ self.pool.t())             # (B, T-1) per window frame
-        spread = loud.std(dim=1, keepdim=True)
-        a = (loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05)
+        a, spread = self.loudness(rise)
         cov = []
         for c in changes:
-            c = c - c.mean(dim=1, keepdim=True)
-            c = c / (c.flatten(1).std(dim=1)[:, None, None, None] + 1e-3)
+            c = self._standardised(c)
             ac = a[:, -c.shape[1]:, None, None]
             cov += [_shifted_mean_product(c, ac, lag) for lag in self.LAGS]
         activity = torch.log1p(spread)[:, :, None, None].expand(b, 1, h, w)
