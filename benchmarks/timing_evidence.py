@@ -82,7 +82,7 @@ def _per_frame_evidence(timing, video, rise):
     frames, (h, w) = video.shape[2], video.shape[-2:]
     per_frame = torch.zeros(frames, h * w)
     for order in (1, 2):
-        c = timing._standardised(timing._change(video, order))[0]
+        c = timing.standardised(timing.change(video, order))[0]
         n, ac = c.shape[0], a[-c.shape[0]:]
         for lag in timing.LAGS:
             # the pathway's mean over the frames where change and lagged loudness overlap

@@ -393,7 +393,7 @@ class TimingPathway(nn.Module):
         self.register_buffer("pool", torch.from_numpy(pool), persistent=False)
 
     @staticmethod
-    def _change(v: torch.Tensor, order: int) -> torch.Tensor:
+    def change(v: torch.Tensor, order: int) -> torch.Tensor:
         """(B, C, T, h, w) -> (B, T-order, h, w): size of the order-th temporal difference,
         minus its mean over the picture."""
         d = v[:, :, 1:] - v[:, :, :-1]
@@ -403,7 +403,7 @@ class TimingPathway(nn.Module):
         return m - m.mean(dim=(2, 3), keepdim=True)
 
     @staticmethod
-    def _standardised(c: torch.Tensor) -> torch.Tensor:
+    def standardised(c: torch.Tensor) -> torch.Tensor:
         """A change (B, L, h, w) minus its mean over time, in units of its spread over the window."""
         c = c - c.mean(dim=1, keepdim=True)
         return c / (c.flatten(1).std(dim=1)[:, None, None, None] + 1e-3)
@@ -423,7 +423,7 @@ class TimingPathway(nn.Module):
             raise SalstreamError(f"timing: expected {self.frames} frames, got video {tuple(video.shape)}")
         b, _, _, h, w = video.shape
         out = []
-        changes = [self._change(video, 1), self._change(video, 2)]
+        changes = [self.change(video, 1), self.change(video, 2)]
         for c in changes:                                    # where things change at all
             e = c.mean(dim=1)
             out.append(e / (e.flatten(1).std(dim=1)[:, None, None] + 1e-3))
@@ -432,7 +432,7 @@ class TimingPathway(nn.Module):
         a, spread = self.loudness(rise)
         cov = []
         for c in changes:
-            c = self._standardised(c)
+            c = self.standardised(c)
             ac = a[:, -c.shape[1]:, None, None]
             cov += [_shifted_mean_product(c, ac, lag) for lag in self.LAGS]
         activity = torch.log1p(spread)[:, :, None, None].expand(b, 1, h, w)
