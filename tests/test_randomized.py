@@ -12,6 +12,7 @@ from salstream.diffsal.datasets.randomized import (
     CROSS_STYLE_SEEDS,
     SHARED_FAMILIES,
     STYLE_FAMILIES,
+    STYLES,
     SYNC_GAP,
     RandomizedClip,
     cross_style_clip,
@@ -97,11 +98,37 @@ def test_sound_onsets_are_the_sources_visible_events_and_only_its():
                 assert np.mean(quiet) >= 0.6, (c.styles, quiet)
 
 
+def test_every_sound_and_background_kind_keeps_the_onsets_audible():
+    """Each sound kind over each kind of background noise (music included, whose chord changes
+    must not sound like onsets): the source's onsets are energy jumps, the distractors' are not."""
+    todo = {(f, k) for f in ("sound", "ambience") for s in STYLES for k in STYLE_FAMILIES[f][s]}
+    for seed in range(500, 700):
+        c = RandomizedClip(seed, style=STYLES[seed % 2], n_frames=90)
+        new = {(f, c.styles[f]) for f in ("sound", "ambience")} & todo
+        if not new or c.source_index is None:
+            continue
+        inside = [e for e in c.sound_onsets if 0.15 < e < c.duration - 0.05]
+        jumps = [a > 3 * b for a, b in (_onset_energy(c, e) for e in inside)]
+        assert inside and np.mean(jumps) >= 0.9, (c.styles, jumps)
+        others = [e for k, o in enumerate(c.objects) if k != c.source_index
+                  for e in o.events if 0.15 < e < c.duration - 0.05]
+        quiet = [a < 3 * b for a, b in (_onset_energy(c, e) for e in others)]
+        assert not quiet or np.mean(quiet) >= 0.6, (c.styles, quiet)
+        todo -= new
+        if not todo:
+            break
+    assert not todo, todo
+
+
 def test_every_event_kind_is_visible_in_the_picture():
     found = set()
-    for seed in range(200, 400):
+    kinds = {*STYLE_FAMILIES["event"]["in"], *STYLE_FAMILIES["event"]["held-out"]}
+    for seed in range(200, 800):
         c = RandomizedClip(seed, style="in" if seed % 2 else "held-out", n_frames=60)
         kind = c.styles["event"]
+        if kind == "open" and (c.styles["object"] not in ("disc", "square", "diamond")
+                               or c.styles["lighting"] != "steady" or c.styles["camera"] != "static"):
+            continue   # checked on plain solid shapes, where "covered" means "has the object's colour"
         # a moving camera adds its own motion to what a bounce or a turn does on screen
         if kind in found or c.styles["camera"] != "static" and kind in ("bounce", "turn"):
             continue
@@ -136,10 +163,21 @@ def test_every_event_kind_is_visible_in_the_picture():
                 assert cos < np.cos(np.radians(80)), cos
             else:
                 continue
+        elif kind == "jolt":   # knocked sideways by most of its radius within 25 ms (it moves < 3 px)
+            assert np.hypot(*(state(e + 0.02)[:2] - state(e - 0.005)[:2])) > 0.6 * o.radius
+        elif kind == "open":   # the part ahead of it stops being covered
+            heading = np.arctan2(o.velocity[1], o.velocity[0])
+
+            def ahead_colour_distance(i, c=c, o=o, heading=heading):
+                x, y, r, _ = state(i / c.fps)
+                px, py = int(round(x + 0.55 * r * np.cos(heading))), int(round(y + 0.55 * r * np.sin(heading)))
+                return np.abs(c.frame(i).astype(float)[py, px] - np.asarray(o.color)).mean()
+            i_on, i_off = int(np.ceil((e + 0.01) * c.fps)), int(np.floor((e - 0.01) * c.fps))
+            assert ahead_colour_distance(i_off) < 12 < ahead_colour_distance(i_on) - 12
         found.add(kind)
-        if len(found) == 4:
+        if found == kinds:
             break
-    assert found == {"flash", "pulse", "bounce", "turn"}
+    assert found == kinds
 
 
 def test_video_alone_cannot_single_out_the_source():

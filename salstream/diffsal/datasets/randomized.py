@@ -9,13 +9,13 @@ here keep only that relation and randomise everything else:
 * a few objects (2–4) move over a background, seen by a camera that may pan, zoom or
   shake, under lighting that may drift or flicker;
 * every object has *visible events* of the clip's one event kind (a flash, a size pulse,
-  a bounce whose landings are the events, an abrupt turn), at irregular times with the same
-  statistics for every object;
-* the soundtrack has one sound (of the clip's sound kind: tone, noise burst, knock, chirp,
-  click) at each event of the sounding object, at a random pitch / band per event (no
-  mapping from pitch or timbre to position), over background noise that matches nothing
-  on screen. The distractors' events are identical in kind but never within
-  :data:`SYNC_GAP` of a sound onset;
+  a bounce whose landings are the events, an abrupt turn, a sideways jolt, a mouth-like
+  opening), at irregular times with the same statistics for every object;
+* the soundtrack has one sound (of the clip's sound kind: tone, noise burst, vowel, plucked
+  string, knock, chirp, click) at each event of the sounding object, at a random pitch /
+  band per event (no mapping from pitch or timbre to position), over background noise or
+  music that matches nothing on screen. The distractors' events are identical in kind but
+  never within :data:`SYNC_GAP` of a sound onset;
 * *off-screen* clips: the sounds come from no visible object; every object's events are
   off-sync with them.
 
@@ -58,11 +58,16 @@ from salstream.diffsal.datasets.synthetic import (
 # what the scene looks and sounds like.
 STYLE_FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
     "background": {"in": ("sines", "gradient", "noise", "clutter"), "held-out": ("blobs", "stripes")},
-    "object": {"in": ("disc", "square", "diamond"), "held-out": ("ring", "triangle", "textured", "cross")},
-    "event": {"in": ("flash", "bounce"), "held-out": ("pulse", "turn")},
-    "sound": {"in": ("tone", "noise"), "held-out": ("knock", "chirp", "click")},
-    "ambience": {"in": ("hiss",), "held-out": ("rumble", "hum")},
+    "object": {"in": ("disc", "square", "diamond", "outline", "striped", "star", "stick"),
+               "held-out": ("ring", "triangle", "textured", "cross")},
+    "event": {"in": ("flash", "bounce", "jolt", "open"), "held-out": ("pulse", "turn")},
+    "sound": {"in": ("tone", "noise", "vowel", "pluck"), "held-out": ("knock", "chirp", "click")},
+    "ambience": {"in": ("hiss", "music"), "held-out": ("rumble", "hum")},
 }
+# The in-style families grew after lite v4 was trained (v4 saw only disc/square/diamond, flash/
+# bounce, tone/noise, hiss): the more kinds of object, event and sound a model trains on, the
+# less any one look can stand in for "it happens when the sound starts". Held-out families and
+# the clips drawn from them are unchanged.
 STYLES = ("in", "held-out")
 # Nuisances every clip draws from all families, in training and evaluation alike: how the
 # camera moves and the light changes is variety a model must learn to ignore, not a style
@@ -385,6 +390,10 @@ class RandomizedClip:
                 y = floor - hop
             else:
                 y = float(_bounce(o.start[1], o.velocity[1], t, lo_y, hi_y))
+        if event == "jolt":   # knocked sideways (across its heading) and back
+            speed = math.hypot(*o.velocity) + 1e-9
+            x -= 0.9 * o.radius * active * o.velocity[1] / speed
+            y += 0.9 * o.radius * active * o.velocity[0] / speed
         r = o.radius * (1.0 + 0.45 * active) if event == "pulse" else o.radius
         sx, sy, z = self._to_screen(x, y, t)
         return sx, sy, r * z, active
@@ -423,6 +432,11 @@ class RandomizedClip:
                 dy = dy * (1.0 + 0.5 * active)
                 dx = dx * (1.0 - 0.25 * active)
             cover, shade = _shape(o.kind, dx, dy, r)
+            half = 0.8 * max(active - 0.1, 0.0) / 0.9   # closed again once the event has faded
+            if event == "open" and half > 0:   # a wedge opens towards its heading, like a mouth
+                off = np.arctan2(dy, dx) - math.atan2(o.velocity[1], o.velocity[0])
+                off = np.abs((off + np.pi) % (2 * np.pi) - np.pi)
+                cover = cover * np.clip(np.hypot(dx, dy) * (off - half) + 0.5, 0.0, 1.0)
             col = np.asarray(o.color, np.float32) * shade[..., None]
             if event == "flash":
                 col = col + active * (255.0 - col) * 0.8
@@ -472,6 +486,16 @@ class RandomizedClip:
         white = rng.normal(0.0, 1.0, n)
         if kind == "hiss":
             return level * white
+        if kind == "music":   # slow chords whose changes happen when nothing on screen does
+            t = np.arange(n) / self.sample_rate
+            out = np.zeros(n)
+            changes = np.concatenate([[0.0], np.sort(rng.uniform(0, self.duration, int(rng.integers(1, 5)))), [np.inf]])
+            for a, b in zip(changes[:-1], changes[1:]):
+                root = float(np.exp(rng.uniform(np.log(110), np.log(330))))
+                on = (t >= a) & (t < b)
+                fade = np.minimum((t[on] - a) / 0.3, 1.0)   # a soft attack: no onset to hear
+                out[on] = fade * sum(np.sin(2 * np.pi * root * r * t[on]) for r in (1.0, 1.26, 1.5))
+            return level * (out / (out.std() + 1e-9) + 0.2 * white)
         if kind == "rumble":   # brown-ish noise: leaky integration of white noise, rescaled
             from scipy.signal import lfilter
             x = lfilter([1.0], [1.0, -0.995], white)
@@ -533,11 +557,38 @@ def _shape(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> tuple[np.ndar
         d = np.maximum.reduce([dy * 1.0, -0.866 * dx - 0.5 * dy, 0.866 * dx - 0.5 * dy]) * 1.5
     elif kind == "cross":
         d = np.minimum(np.maximum(np.abs(dx), 3 * np.abs(dy)), np.maximum(3 * np.abs(dx), np.abs(dy)))
+    elif kind == "outline":        # a hollow square: only a band along its edge is covered
+        d = np.abs(np.maximum(np.abs(dx), np.abs(dy)) * 1.1 - 0.8 * r) + 0.75 * r
+    elif kind == "striped":        # a disc painted with horizontal stripes
+        d = np.sqrt(dx * dx + dy * dy)
+        shade = np.where(np.floor(dy / max(r / 2.5, 2.0)) % 2 == 0, 1.0, 0.4).astype(dx.dtype)
+    elif kind == "star":           # five points: the radius swings with the angle
+        reach = 0.62 + 0.38 * np.cos(5 * np.arctan2(dx, -dy))
+        d = np.sqrt(dx * dx + dy * dy) / reach
+    elif kind == "stick":          # a stick figure: head, body, arms, legs
+        d = r + _stick_distance(dx / r, dy / r) * r - max(0.11 * r, 1.2)
     else:                          # "textured": a disc painted with a fine checker pattern
         d = np.sqrt(dx * dx + dy * dy)
         cell = max(r / 3.0, 2.0)
         shade = np.where((np.floor(dx / cell) + np.floor(dy / cell)) % 2 == 0, 1.0, 0.45).astype(dx.dtype)
     return np.clip(r - d + 0.5, 0.0, 1.0), shade
+
+
+# Stick figure in units of its size r: segments (x0, y0, x1, y1) and a head circle (x, y, radius).
+_STICK_SEGMENTS = ((0.0, -0.38, 0.0, 0.3), (-0.55, -0.12, 0.55, -0.12), (0.0, 0.3, -0.42, 0.95),
+                   (0.0, 0.3, 0.42, 0.95))
+_STICK_HEAD = (0.0, -0.66, 0.28)
+
+
+def _stick_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance (in units of r) from (x, y) to the nearest stroke of the stick figure."""
+    hx, hy, hr = _STICK_HEAD
+    best = np.abs(np.hypot(x - hx, y - hy) - hr)
+    for x0, y0, x1, y1 in _STICK_SEGMENTS:
+        vx, vy = x1 - x0, y1 - y0
+        u = np.clip(((x - x0) * vx + (y - y0) * vy) / (vx * vx + vy * vy), 0.0, 1.0)
+        best = np.minimum(best, np.hypot(x - x0 - u * vx, y - y0 - u * vy))
+    return best
 
 
 def _sound(kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
@@ -560,6 +611,23 @@ def _sound(kind: str, rng: np.random.Generator, sr: int) -> np.ndarray:
         spec *= np.exp(-0.5 * (np.log(np.maximum(freqs, 1.0) / fc) / 0.4) ** 2)
         x = np.fft.irfft(spec, len(t))
         env = np.minimum(t / 0.003, 1.0) * np.exp(-t / tau)
+    elif kind == "vowel":           # a voiced syllable: a glottal pulse train through two formants
+        from scipy.signal import lfilter
+        dur = float(rng.uniform(0.12, 0.28))   # over before the next event (≥ 0.35 s later) starts
+        t = np.arange(int(dur * sr)) / sr
+        f0 = float(rng.uniform(90, 260)) * (1 + 0.1 * t / dur * rng.choice([-1, 1]))
+        x = np.diff(np.floor(np.cumsum(f0) / sr), prepend=0.0)          # one impulse per period
+        for fc, bw in ((rng.uniform(300, 900), 80.0), (rng.uniform(900, 2500), 120.0)):
+            rad = np.exp(-np.pi * bw / sr)
+            x = lfilter([1.0 - rad], [1.0, -2 * rad * np.cos(2 * np.pi * fc / sr), rad * rad], x)
+        env = np.minimum(t / 0.02, 1.0) * np.minimum((dur - t) / 0.05, 1.0)
+    elif kind == "pluck":           # a plucked string: harmonics that die away, the high ones first
+        dur = 0.5
+        t = np.arange(int(dur * sr)) / sr
+        f = float(np.exp(rng.uniform(np.log(110), np.log(880))))
+        x = sum(np.sin(2 * np.pi * f * h * t) * np.exp(-t * (4.0 + 3.0 * h)) / h
+                for h in range(1, 8) if f * h < 0.45 * sr)
+        env = np.minimum(t / 0.002, 1.0)
     elif kind == "knock":           # a few damped low resonances after a short click
         dur = 0.25
         t = np.arange(int(dur * sr)) / sr
