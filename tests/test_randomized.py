@@ -292,6 +292,21 @@ def test_eval_cli_scores_the_three_splits_with_references(tmp_path, capsys):
     assert main(["eval", "--data", "cross-style", "--clips", "0"]) == 2
     err = capsys.readouterr().err
     assert "--clips" in err and "0 is out of range" in err
+    # one split alone: the same clips, scored the same
+    one = tmp_path / "one"
+    torch.set_num_threads(1)
+    try:
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", "cross-style", "--split", "held-out-style",
+                     "--clips", "1", "--frames", "12", "--frame-step", "4", "--modes", "av,video",
+                     "--out", str(one)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    alone = json.loads((one / "metrics.json").read_text())
+    assert list(alone["datasets"]) == ["held-out-style"]
+    assert alone["datasets"]["held-out-style"]["modes"]["video"]["cc"] == pytest.approx(
+        res["datasets"]["held-out-style"]["modes"]["video"]["cc"], abs=1e-6)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "cross-style", "--split", "test-style"]) == 2
+    assert "cross-style splits are in-style, held-out-style, off-screen" in capsys.readouterr().err
 
 
 def test_training_data_is_in_style_only_with_some_offscreen_clips():

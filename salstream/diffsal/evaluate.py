@@ -509,13 +509,18 @@ def default_data_root() -> Path:
 def resolve_data(data: str, split: str, n_clips: int, fold: int = 1, n_frames: int = 150,
                  cache_root: Optional[Path] = None) -> dict[str, list[Video]]:
     """``synthetic`` (written on first use under the data cache), ``cross-style`` (rendered in
-    memory: ``n_clips`` per split, ``split`` unused) or a dataset directory."""
+    memory: ``n_clips`` per split; ``split`` one of its splits, or ``test`` / ``all`` for every
+    one) or a dataset directory."""
     from salstream.diffsal.datasets.layout import ClipVideo, load_videos
     from salstream.diffsal.datasets.synthetic import synthetic_root, write_synthetic
     if data == "cross-style":
         from salstream.diffsal.datasets.randomized import CROSS_STYLE_SEEDS, cross_style_clip
+        if split not in ("test", "all", *CROSS_STYLE_SEEDS):
+            raise SalstreamError(f"--split {split!r}: cross-style splits are {', '.join(CROSS_STYLE_SEEDS)} "
+                                 "(or 'all', the default, for every one)")
+        chosen = [split] if split in CROSS_STYLE_SEEDS else list(CROSS_STYLE_SEEDS)
         return {s: [ClipVideo(cross_style_clip(s, k, n_frames=n_frames), s, f"{s}_{k:04d}") for k in range(n_clips)]
-                for s in CROSS_STYLE_SEEDS}
+                for s in chosen}
     if data == "synthetic":
         root = synthetic_root(cache_root or default_data_root(), n_frames=n_frames)
         write_synthetic(root, {split: n_clips}, n_frames=n_frames, progress=True)
@@ -536,7 +541,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "held-out-style and off-screen splits, with an equal-blob reference) or a dataset directory "
                    "(AV or DHF1K layout)")
     p.add_argument("--split", default="test", help="split to score (synthetic: test or val; AV: test; "
-                   "cross-style scores all three of its splits)")
+                   "cross-style: in-style, held-out-style or off-screen, default all three)")
     p.add_argument("--fold", type=number(int, 1, 3), default=1, help="AV datasets: fold 1-3")
     p.add_argument("--clips", type=COUNT, default=40, help="synthetic: number of clips; cross-style: clips per "
                    "split (default 40)")
