@@ -63,8 +63,9 @@ def model_maps(clip, engine: str, checkpoint: Optional[str], cache_dir: Path) ->
 
     sal = Saliency("lite", engine=engine, checkpoint=checkpoint)
     weights = Path(str(sal.weights)) if sal.weights else None
-    tag = hashlib.sha256(f"{clip.seed}:{clip.n_frames}:{weights and weights.stat().st_size}:{weights}".encode()
-                         ).hexdigest()[:16]
+    # keyed by the weights' content: a re-trained checkpoint keeps its path and, often, its size
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights else "untrained"
+    tag = hashlib.sha256(f"{clip.seed}:{clip.n_frames}:{digest}:{sal.engine.name}".encode()).hexdigest()[:16]
     cached = cache_dir / f"maps-{tag}.npz"
     info = {"weights": weights.name if weights else "UNTRAINED (no weights found)", "engine": sal.engine.name}
     if cached.exists():

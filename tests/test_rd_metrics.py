@@ -128,3 +128,31 @@ def test_hevc_and_crf_encodes_honour_the_regions(tmp_path, codec, crf):
         EncodeSettings(crf=60)
     with pytest.raises(SalstreamError, match="libvpx"):
         EncodeSettings(codec="libvpx")
+
+
+def test_study_map_cache_follows_the_weights_content_not_their_path(small_checkpoint, tmp_path):
+    """A re-trained checkpoint keeps its file name and often its size: its maps must not come
+    from the cache of the weights it replaced."""
+    import shutil
+
+    import torch
+
+    from benchmarks.encode_quality import model_maps
+    from salstream.diffsal.checkpoint import load_model, save_checkpoint
+    from salstream.diffsal.datasets.synthetic import SyntheticClip, split_seed
+
+    weights = tmp_path / "lite.safetensors"
+    shutil.copy(small_checkpoint, weights)
+    clip = SyntheticClip(split_seed("test", 0), n_frames=12)
+    first, info = model_maps(clip, "torch", str(weights), tmp_path / "cache")
+    assert "cached" not in info
+    assert model_maps(clip, "torch", str(weights), tmp_path / "cache")[1].get("cached")
+    model = load_model(weights)
+    with torch.no_grad():
+        model.logits.bias.add_(1.5)               # other weights, same file name, same size
+    size = weights.stat().st_size
+    save_checkpoint(model, weights)
+    assert weights.stat().st_size == size
+    second, info = model_maps(clip, "torch", str(weights), tmp_path / "cache")
+    assert "cached" not in info
+    assert not np.allclose(np.stack(first), np.stack(second))
