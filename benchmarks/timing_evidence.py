@@ -1,4 +1,4 @@
-"""Does the timing pathway's evidence point at the sounding object? A probe of lite v4.
+"""Does the timing pathway's evidence point at the sounding object? A probe of lite (v4 and later).
 
 The timing pathway (:class:`~salstream.diffsal.models.lite.TimingPathway`) correlates, per
 position of the stride-16 grid, how much the picture changes with when the sound gets
@@ -261,7 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     (args.out_dir / "timing_evidence.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (args.out_dir / "README.md").write_text(
-        "# Timing evidence probe (lite v4)\n\n"
+        f"# Timing evidence probe ({result['checkpoint']})\n\n"
         f"`python -m benchmarks.timing_evidence --clips {args.clips} --tau {args.tau}"
         + (f" --fusion {args.fusion}" if betas else "") + "` "
         f"({result['seconds']:.0f} s, {result['machine']}). See the module docstring for what is scored.\n\n"

@@ -102,7 +102,8 @@ from salstream.errors import SalstreamError
 NOMINAL_FPS = 30.0
 
 
-# Frozen (v4): the bundled checkpoint is trained on exactly this architecture and config;
+# Frozen (v4's network; the bundled v5 is the same network trained on more varied clips): the
+# bundled checkpoint is trained on exactly this architecture and config;
 # changing either means re-training and shipping a new checkpoint. Older checkpoints keep
 # their stored config: v1 (no "audio_tail", no "sync_channels") and v2/v3 (no "timing")
 # still load and run as they were trained.
