@@ -432,8 +432,8 @@ class RandomizedClip:
                 dy = dy * (1.0 + 0.5 * active)
                 dx = dx * (1.0 - 0.25 * active)
             cover, shade = _shape(o.kind, dx, dy, r)
-            half = 0.8 * max(active - 0.1, 0.0) / 0.9   # closed again once the event has faded
-            if event == "open" and half > 0:   # a wedge opens towards its heading, like a mouth
+            half = 0.8 * max(active - 0.1, 0.0) / 0.9 if event == "open" else 0.0   # shut once faded
+            if half > 0:   # a wedge opens towards its heading, like a mouth
                 off = np.arctan2(dy, dx) - math.atan2(o.velocity[1], o.velocity[0])
                 off = np.abs((off + np.pi) % (2 * np.pi) - np.pi)
                 cover = cover * np.clip(np.hypot(dx, dy) * (off - half) + 0.5, 0.0, 1.0)
