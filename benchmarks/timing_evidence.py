@@ -16,9 +16,10 @@ sounding object has the most. Three ways to read the same evidence:
   frame, of that frame's evidence, weighted by the cosine similarity of the frozen
   backbone's features at temperature ``--tau``), i.e. a fixed, untrained way to bring an
   event to where its object is now;
-* ``tracked``: the same carried frame to frame, each step matching only the 5×5 cells around
-  a position in the frame before (an object moves little in one frame step), so the
-  evidence follows its object through the window at a fraction of the cost.
+* ``tracked``: carried as the model itself does it (:meth:`TimingPathway.tracked`, an input
+  of lite v6): frame to frame, each step matching only the cells around a position in the
+  frame before (an object moves little in one frame step), on keys from the pathway's own
+  features, so the evidence follows its object through the window at a fraction of the cost.
 
 Chance is the mean of 1 / objects.
 
@@ -74,55 +75,29 @@ def found(scores: np.ndarray, source: int) -> tuple[float, float]:
     return float(np.argmax(scores) == source), float(scores[source] / (scores.sum() + 1e-9))
 
 
-def _per_frame_evidence(timing, video, rise):
-    """(T, h·w): the pathway's covariance channels, summed over change orders and audio lags,
-    split by the window frame each term's change ends at (summed over frames: the channels' sum)."""
-    import torch
-    a = timing.loudness(rise)[0][0]
-    frames, (h, w) = video.shape[2], video.shape[-2:]
-    per_frame = torch.zeros(frames, h * w)
-    for order in (1, 2):
-        c = timing.standardised(timing.change(video, order))[0]
-        n, ac = c.shape[0], a[-c.shape[0]:]
-        for lag in timing.LAGS:
-            # the pathway's mean over the frames where change and lagged loudness overlap
-            for j in range(max(0, -lag), min(n, n - lag)):
-                per_frame[frames - n + j] += c[j].flatten() * ac[j + lag] / (n - abs(lag))
-    return per_frame
-
-
-def _evidence(timing, video, rise, keys=None, tau: float = 0.03, radius: Optional[int] = None):
+def _evidence(timing, video, rise, keys=None, tau: float = 0.03, track: bool = False):
     """Evidence (h, w) of one window: the positive part of the summed covariance terms.
 
     ``keys`` (1, C, T, h, w): each frame's terms are first carried to the newest frame by
-    appearance, in one match over the whole picture (``radius`` None) or frame to frame
-    within ``radius`` cells (``tracked``: evidence follows its object step by step, a far
-    cheaper match)."""
+    appearance, in one match over the whole picture. ``track``: carried instead as the
+    model does it (:meth:`TimingPathway.tracked`, frame to frame among neighbouring cells,
+    on keys from the same features ``video``)."""
     import torch
     import torch.nn.functional as F
-    per_frame = _per_frame_evidence(timing, video, rise)
+    per_frame = timing.per_frame_evidence(video, timing.loudness(rise)[0])
     h, w = video.shape[-2:]
+    if track:
+        return F.relu(timing.tracked(video, per_frame))[0]
+    per_frame = per_frame[0].flatten(1)
     if keys is None:
         return F.relu(per_frame.sum(0)).reshape(h, w)
     k = F.normalize(keys[0], dim=0)
-    c, frames = k.shape[0], k.shape[1]
-    if radius is None:
-        newest = k[:, -1].flatten(1)
-        total = torch.zeros(h * w)
-        for f in range(frames):
-            att = torch.softmax(newest.t() @ k[:, f].flatten(1) / tau, dim=1)
-            total += att @ per_frame[f]
-        return F.relu(total).reshape(h, w)
-    side = 2 * radius + 1
-    inside = F.unfold(torch.ones(1, 1, h, w), side, padding=radius)[0] > 0.5          # (side², h·w)
-    acc = per_frame[0]
-    for f in range(1, frames):
-        prev = F.unfold(k[:, f - 1][None], side, padding=radius)[0].reshape(c, side * side, h * w)
-        sim = (k[:, f].flatten(1)[:, None, :] * prev).sum(0) / tau
-        att = torch.softmax(sim.masked_fill(~inside, float("-inf")), dim=0)
-        moved = F.unfold(acc.reshape(1, 1, h, w), side, padding=radius)[0]
-        acc = (att * moved).sum(0) + per_frame[f]
-    return F.relu(acc).reshape(h, w)
+    newest = k[:, -1].flatten(1)
+    total = torch.zeros(h * w)
+    for f in range(k.shape[1]):
+        att = torch.softmax(newest.t() @ k[:, f].flatten(1) / tau, dim=1)
+        total += att @ per_frame[f]
+    return F.relu(total).reshape(h, w)
 
 
 def fused_cc(pred: np.ndarray, evidence: np.ndarray, beta: float, density: np.ndarray) -> float:
@@ -177,7 +152,7 @@ def run(clips: int, tau: float, threads: int, checkpoint: Optional[str], betas: 
                     rise = torch.cat([loudness_rise(slices[:, s:s + 1], per) for s in range(slices.shape[1])], 1)
                     plain = _evidence(timing, video, rise).numpy()
                     carried = _evidence(timing, video, rise, keys, tau).numpy()
-                    tracked = _evidence(timing, video, rise, keys, tau, radius=2).numpy()
+                    tracked = _evidence(timing, video, rise, track=True).numpy()
                     if betas:
                         clip_in = torch.stack([frames[i] for i in idx], dim=1)[None]
                         density = resize_map(clip.density(target), cfg.map_size)[0].numpy()

@@ -473,6 +473,37 @@ def test_timing_pathway_points_at_what_changes_with_the_sound():
         tp(video, rise[:, :50])
 
 
+def test_tracked_timing_evidence_follows_its_object_to_where_it_is_now():
+    """An object drifts one cell right per frame past a static background; the evidence of
+    its two events (frames 3 and 8) must arrive at its newest cell, not stay where it was."""
+    tp = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=1 / 15,
+                       tracked=True)
+    g = torch.Generator().manual_seed(5)
+    video = torch.randn(1, 32, 1, 6, 20, generator=g).expand(1, 32, 16, 6, 20).clone()
+    look = 3.0 * torch.randn(32, generator=g)
+    for f in range(16):
+        video[0, :, f, 2, 2 + f] = look
+    per_frame = torch.zeros(1, 16, 6, 20)
+    per_frame[0, 3, 2, 5] = per_frame[0, 8, 2, 10] = 1.0
+    carried = tp.tracked(video, per_frame)[0]
+    assert carried[2, 17] == carried.max() and carried[2, 17] > 1.8
+    assert carried[2, 5].abs() < 0.1 and carried[2, 10].abs() < 0.1
+    # Evidence on the background stays where it was (nothing moved there).
+    per_frame = torch.zeros(1, 16, 6, 20)
+    per_frame[0, 4, 4, 12] = 1.0
+    still = tp.tracked(video, per_frame)[0]
+    assert still[4, 12] > 0.9 and still.sum() == pytest.approx(still[4, 12].item(), abs=0.1)
+    # As inputs: the evidence on one scale (peak 1) plus how strong it was; none without audio.
+    rise = torch.zeros(1, tp.rows)
+    rise[0, tp.rows - 1 - round(7 / 15 / 0.01)] = 2.0
+    out = tp(video, rise)[0]
+    assert out.shape[0] == tp.channels == 13
+    assert out[-2].max() == pytest.approx(1.0, abs=1e-3) and out[-1].min() > 0
+    assert tp(video, None)[0, -2:].abs().max() == 0
+    with pytest.raises(SalstreamError, match="key groups"):
+        TimingPathway(16, 9, 11, 0.01, 1 / 15, tracked=True, key_groups=12).tracked(video, per_frame)
+
+
 def test_timing_starts_as_a_no_op_and_reaches_audio_visual_and_video_maps(small):
     """Initialised at zero (a v3 checkpoint plus the pathway predicts as v3 did); once
     trained it changes audio-visual maps, video-only maps through motion energy, and never

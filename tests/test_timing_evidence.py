@@ -38,12 +38,13 @@ def test_per_frame_evidence_adds_up_to_the_pathways_own_covariance_channels():
     # be the pathway's numbers, or the probe would score something the model never sees.
     import torch
 
-    from benchmarks.timing_evidence import _per_frame_evidence
+    from benchmarks.timing_evidence import _evidence
     from salstream.diffsal.models.lite import TimingPathway
     timing = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=2 / 30)
     gen = torch.Generator().manual_seed(0)
     video, rise = torch.randn(1, 8, 16, 6, 10, generator=gen), torch.rand(1, timing.rows, generator=gen)
     channels = timing(video, rise)[0, 2:2 + 2 * len(TimingPathway.LAGS)].sum(0)
-    per_frame = _per_frame_evidence(timing, video, rise)
-    assert per_frame.shape == (16, 60)
-    torch.testing.assert_close(per_frame.sum(0).reshape(6, 10), channels, rtol=1e-4, atol=1e-5)
+    per_frame = timing.per_frame_evidence(video, timing.loudness(rise)[0])
+    assert per_frame.shape == (1, 16, 6, 10)
+    torch.testing.assert_close(per_frame[0].sum(0), channels, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_evidence(timing, video, rise), torch.relu(channels), rtol=1e-4, atol=1e-5)

@@ -129,6 +129,10 @@ def lite_config() -> ModelConfig:
             "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
             "timing": True,                      # v4: loudness rise vs visual change (TimingPathway)
             "onset_rows": 11,                    # loudness-rise rows per slice: its hop in STFT frames
+            "timing_tracked": False,             # v6: timing evidence carried to the newest frame
+            "timing_tau": 0.03,                  # ... by feature matches at this softmax temperature,
+            "timing_track_radius": 1,            # ... among the 3×3 cells around, frame to frame,
+            "timing_key_groups": 16,             # ... on keys of 16 channel-group means
             "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
             "noise_channels": 16,
             "readout_channels": 64,
@@ -369,19 +373,48 @@ class TimingPathway(nn.Module):
       slice ends up to one slice hop before the newest frame, so the sound can look late),
       and how much the loudness varies at all (a silent or steady soundtrack: no evidence).
 
+    With ``tracked`` (v6), two more channels carry that evidence to where its object is in
+    the newest frame: an event seen eight frames ago sits where the object *was*, while the
+    map is wanted where it *is*. Each frame's share of the covariances (:meth:`per_frame_evidence`)
+    is moved frame to frame, every position taking a softmax-weighted average over the cells
+    around it in the frame before (3×3 in lite), weighted by how alike the (detached) features
+    look (:meth:`tracked`). The channels are that evidence's positive part divided by its
+    window maximum (where, on one scale for every clip) and the log of that maximum (how
+    strong: weak evidence, as with an off-screen sound, should not be trusted).
+
     Without audio the covariances are zero and only the two motion-energy channels (where
     things change at all) remain. Output (B, :attr:`channels`, h, w).
     """
 
     LAGS = (-1, 0, 1, 2)
 
-    def __init__(self, frames: int, slices: int, rows_per_slice: int, row_seconds: float, frame_seconds: float):
+    def __init__(self, frames: int, slices: int, rows_per_slice: int, row_seconds: float, frame_seconds: float,
+                 tracked: bool = False, tau: float = 0.03, track_radius: int = 1, key_groups: int = 16):
         super().__init__()
         if frames < 3:
             raise ValueError(f"the timing pathway needs windows of at least 3 frames (second differences), got {frames}")
+        if tau <= 0:
+            raise ValueError(f"the timing pathway's match temperature must be > 0, got {tau}")
         self.frames = frames
         self.rows = slices * rows_per_slice
-        self.channels = 2 + 2 * len(self.LAGS) + 1
+        self.is_tracked = bool(tracked)
+        self.tau = float(tau)
+        self.channels = 2 + 2 * len(self.LAGS) + 1 + (2 if tracked else 0)
+        # Each frame's share of the covariances: window frame j of a change of length n
+        # weighs loudness frames j + lag by the overlap the mean at that lag divides by.
+        for order in (1, 2):
+            n = frames - order
+            share = np.zeros((n, n), dtype=np.float32)
+            for lag in self.LAGS:
+                for j in range(max(0, -lag), min(n, n - lag)):
+                    share[j, j + lag] += 1.0 / (n - abs(lag))
+            self.register_buffer(f"share{order}", torch.from_numpy(share), persistent=False)
+        if track_radius < 1 or key_groups < 0:
+            raise ValueError(f"timing: track_radius must be ≥ 1 and key_groups ≥ 0, got {track_radius}, {key_groups}")
+        self.track_radius, self.key_groups = int(track_radius), int(key_groups)
+        side = 2 * self.track_radius + 1
+        self.register_buffer("neighbours", torch.eye(side * side).reshape(side * side, 1, side, side),
+                             persistent=False)
         # Audio row r (oldest first) at -(rows-1-r)·row_seconds; window frame i's interval
         # (i ≥ 1) is (-(T-i)·Δ, -(T-1-i)·Δ] relative to the newest frame.
         row_t = np.array([-(self.rows - 1 - r) * row_seconds for r in range(self.rows)])
@@ -418,6 +451,51 @@ class TimingPathway(nn.Module):
         spread = loud.std(dim=1, keepdim=True)
         return (loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05), spread
 
+    def per_frame_evidence(self, video: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """video (B, C, T, h, w), standardised loudness ``a`` (B, T-1) -> (B, T, h, w): the
+        covariance channels' terms summed over change orders and lags, each filed under the
+        window frame its change ends at (summed over frames: the sum of those channels)."""
+        b, _, frames, h, w = video.shape
+        total = video.new_zeros(b, frames, h, w)
+        for order, share in ((1, self.share1), (2, self.share2)):
+            c = self.standardised(self.change(video, order))
+            weight = a[:, -c.shape[1]:] @ share.t()                        # (B, n)
+            total = total + F.pad(c * weight[:, :, None, None], (0, 0, 0, 0, order, 0))
+        return total
+
+    def tracked(self, video: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
+        """Carry ``per_frame`` (B, T, h, w) to the newest frame -> (B, h, w): step by step,
+        each position takes its (2r+1)² neighbours in the frame before, softmax-weighted by
+        the cosine similarity of keys from ``video``'s features (B, C, T, h, w) at
+        temperature :attr:`tau`; a key is the mean of each of :attr:`key_groups` groups of
+        adjacent channels (a match on all channels costs several times more, see
+        ``benchmarks/lite_cost.py``)."""
+        r, (h, w) = self.track_radius, video.shape[-2:]
+        b, c, t = video.shape[:3]
+        k = video.detach()
+        if self.key_groups and c % self.key_groups:
+            raise SalstreamError(f"timing: {c} feature channels do not split into {self.key_groups} key groups")
+        if self.key_groups and self.key_groups < c:
+            k = k.reshape(b, self.key_groups, c // self.key_groups, t, h, w).mean(dim=2)
+        k = F.normalize(k, dim=1)
+        before = F.pad(k[:, :, :-1], (r, r, r, r))
+        inside = F.pad(video.new_ones(1, 1, h, w), (r, r, r, r))
+        side = 2 * r + 1
+        sims, outside = [], []
+        for dy in range(side):                               # same order as self.neighbours
+            for dx in range(side):
+                sims.append((k[:, :, 1:] * before[..., dy:dy + h, dx:dx + w]).sum(dim=1))
+                outside.append(1.0 - inside[0, 0, dy:dy + h, dx:dx + w])
+        # off-picture neighbours never win (zero padding would look like a poor match, not none);
+        # neighbours on the last axis: a softmax there is several times faster on ONNX Runtime
+        att = torch.softmax(torch.stack(sims, dim=-1) / self.tau - 1e4 * torch.stack(outside, dim=-1),
+                            dim=-1)                                         # (B, T-1, h, w, n)
+        acc = per_frame[:, 0]
+        for f in range(1, per_frame.shape[1]):
+            moved = F.conv2d(acc[:, None], self.neighbours, padding=r)     # (B, n, h, w): acc at each neighbour
+            acc = (att[:, f - 1] * moved.permute(0, 2, 3, 1)).sum(dim=-1) + per_frame[:, f]
+        return acc
+
     def forward(self, video: torch.Tensor, rise: Optional[torch.Tensor]) -> torch.Tensor:
         """video (B, C, T, h, w) of one grid; rise (B, rows) oldest first, or None (no audio)."""
         if video.shape[2] != self.frames:
@@ -437,7 +515,12 @@ class TimingPathway(nn.Module):
             ac = a[:, -c.shape[1]:, None, None]
             cov += [_shifted_mean_product(c, ac, lag) for lag in self.LAGS]
         activity = torch.log1p(spread)[:, :, None, None].expand(b, 1, h, w)
-        return torch.cat([torch.stack(out + cov, dim=1), activity], dim=1)
+        maps = [torch.stack(out + cov, dim=1), activity]
+        if self.is_tracked:
+            evidence = F.relu(self.tracked(video, self.per_frame_evidence(video, a)))
+            peak = evidence.flatten(1).amax(dim=1)[:, None, None]
+            maps += [(evidence / (peak + 1e-3))[:, None], torch.log1p(peak)[:, None].expand(b, 1, h, w)]
+        return torch.cat(maps, dim=1)
 
 
 class LiteMAMBlock(MAMBlock):
@@ -561,7 +644,11 @@ class LiteDiffSal(SaliencyModel):
         if self.onset_rows:
             self.timing = TimingPathway(config.frames, config.audio.n_slices, self.onset_rows,
                                         row_seconds=STFT_HOP / SAMPLE_RATE,
-                                        frame_seconds=config.frame_stride / NOMINAL_FPS)
+                                        frame_seconds=config.frame_stride / NOMINAL_FPS,
+                                        tracked=bool(a.get("timing_tracked", False)),
+                                        tau=float(a.get("timing_tau", 0.03)),
+                                        track_radius=int(a.get("timing_track_radius", 1)),
+                                        key_groups=int(a.get("timing_key_groups", 16)))
             self.timing_proj = nn.ModuleList(nn.Conv2d(self.timing.channels, c, 1) for c in channels)
             self.timing_head = nn.Sequential(nn.Conv2d(self.timing.channels, 16, 3, padding=1), nn.ReLU(),
                                              nn.Conv2d(16, 1, 1))
