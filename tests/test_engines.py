@@ -221,3 +221,26 @@ def test_exports_are_cached_per_user_not_per_working_folder(tmp_path, monkeypatc
     monkeypatch.delenv("SALSTREAM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_root() == tmp_path / "xdg" / "salstream" / "engines"
+
+
+def test_warm_up_starts_the_sessions_a_stream_will_use_before_its_first_frame(tiny_exports):
+    """A cold ONNX Runtime engine pays for session set-up inside the first windows, and a live
+    stream drops frames meanwhile; the pipeline warms the encoders and the mode graphs its
+    streams will run (auto: audio-visual and video-only if a stream has sound)."""
+    import numpy as np
+
+    from salstream.artifacts.graphs import AUDIO_GRAPH, VIDEO_GRAPH
+    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.live.sources.arrays import ArraySource
+    model, d = tiny_exports[True]
+    frames = np.zeros((4, 48, 64, 3), np.uint8)
+    cases = [("auto", None, {"video"}), ("auto", np.zeros(16000, np.float32), {"av", "video"}),
+             ("audio", np.zeros(16000, np.float32), {"audio"})]
+    for mode, audio, modes in cases:
+        engine = create_engine("ort-cpu", model=model, artifacts=d)
+        assert not engine._sessions
+        pipe = Pipeline(PipelineOptions(mode=mode), engine, sources=[ArraySource(frames, audio=audio)])
+        pipe._sources = pipe._open_sources()
+        pipe._warm_up(engine)
+        graphs = {VIDEO_GRAPH, AUDIO_GRAPH} | {engine.manifest.modes[m] for m in modes}
+        assert set(engine._sessions) == graphs, mode

@@ -122,10 +122,13 @@ class OrtEngine(Engine):
         return self._sessions[name]
 
     def warmup(self, modes: Sequence[str] = ("av",)) -> None:
-        """Create the sessions now rather than inside the first window."""
+        """Create the sessions, and run each once at batch 1, now rather than inside the first
+        windows (a session's first run also sets up its memory): a live stream that starts
+        cold drops its first second or more of frames."""
         for g in [VIDEO_GRAPH, AUDIO_GRAPH, *[self.manifest.modes[m] for m in modes if m in self.manifest.modes]]:
             if g in self.manifest.graphs:
-                self.session(g)
+                spec = self.manifest.graphs[g]
+                self.run(g, [torch.zeros(s.concrete(1), dtype=_TORCH[s.dtype]) for s in spec.inputs])
 
     # ------------------------------------------------------------------ running
     def _prepare(self, graph: str, x: torch.Tensor, spec: TensorSpec, batch: int) -> torch.Tensor:

@@ -200,6 +200,19 @@ class Pipeline:
             raise
         return out
 
+    def _warm_up(self, engine) -> None:
+        """Let an engine that can (ONNX Runtime) start its sessions before the first frame is read."""
+        warmup = getattr(engine, "warmup", None)
+        if not callable(warmup):
+            return
+        if self.opts.mode != "auto":
+            modes = [self.opts.mode]
+        else:   # a stream with audio still maps video-only until its first slice is in
+            modes = ["av", "video"] if any(s.has_audio for s in self._sources) else ["video"]
+        t0 = time.monotonic()
+        warmup(modes)
+        log.info("engine warmed up (%s) in %.1f s", ", ".join(modes), time.monotonic() - t0)
+
     def _build_engine(self) -> Any:
         e = self._engine_arg
         return e() if callable(e) and not hasattr(e, "denoise") else e
@@ -303,6 +316,7 @@ class Pipeline:
             for s in self._sources:
                 self._check_source(s)
             self.engine = engine = self._build_engine()
+            self._warm_up(engine)
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
                                        seed=o.seed, max_new_frames=o.max_new_frames or None,
