@@ -126,6 +126,40 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path, tiny_data):
     assert loss_at_fixed_noise() < 0.7 * before
 
 
+def test_high_t_share_trains_that_share_of_batches_where_the_sampler_starts():
+    from salstream.artifacts.graphs import example_window
+    from salstream.diffsal.diffusion import cosine_alphas_cumprod
+    from salstream.diffsal.inference import encode_window
+    from salstream.diffsal.train import diffusion_loss
+    from salstream.errors import SalstreamError
+    model = create_model(tiny_config()).eval()
+    seen = []
+    denoise = model.denoise
+    model.denoise = lambda x_t, t, v, a: (seen.append(int(t[0])), denoise(x_t, t, v, a))[1]   # noqa: E731
+    x0 = torch.rand(1, 1, *model.config.map_size)
+    with torch.no_grad():
+        v, a = encode_window(model, *example_window(model.config))
+    ac = cosine_alphas_cumprod()
+
+    def draws(share: float) -> np.ndarray:
+        seen.clear()
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for _ in range(200):
+                diffusion_loss(model, x0, v, a, gen, ac, share)
+        return np.array(seen)
+    uniform, half, high = draws(0.0), draws(0.5), draws(1.0)
+    assert 0.05 < np.mean(uniform >= 900) < 0.16 and uniform.min() < 100
+    assert 0.45 < np.mean(half >= 900) < 0.65 and half.min() < 100
+    assert high.min() >= 900 and high.max() <= 999
+    # share 0 draws exactly what training drew before the option existed
+    gen = torch.Generator().manual_seed(1)
+    torch.randn(x0.shape, generator=gen)
+    assert uniform[0] == int(torch.randint(0, 1000, (1,), generator=gen))
+    with pytest.raises(SalstreamError, match="high-t-share"):
+        TrainOptions(high_t_share=1.5).validate()
+
+
 def test_evaluation_report_has_every_metric_mode_and_baseline(tmp_path, tiny_data):
     torch.manual_seed(0)
     model = create_model(tiny_config())

@@ -67,6 +67,7 @@ class TrainOptions:
     val_windows: int = 48
     train_only: tuple[str, ...] = ()   # parameter-name prefixes; empty: everything trainable
     select_mode: Optional[str] = None  # model selection by this mode's val CC (default av, else video)
+    high_t_share: float = 0.0       # share of batches drawn from the noisiest tenth of the timesteps
 
     def validate(self) -> None:
         """Refuse settings that would train nothing or diverge at once (the CLI checks them earlier)."""
@@ -77,6 +78,8 @@ class TrainOptions:
                 raise SalstreamError(f"--{name.replace('_', '-')} {v!r}: must be an integer from {lo} to {hi}")
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or not 0 < self.lr <= 1:
             raise SalstreamError(f"--lr {self.lr!r}: must be a learning rate above 0 and at most 1 (e.g. 1e-4)")
+        if not isinstance(self.high_t_share, (int, float)) or not 0 <= self.high_t_share <= 1:
+            raise SalstreamError(f"--high-t-share {self.high_t_share!r}: must be a share from 0 to 1")
         if not math.isfinite(self.grad_clip) or self.grad_clip <= 0:
             raise SalstreamError(f"gradient clip {self.grad_clip!r}: must be a positive number")
 
@@ -250,11 +253,19 @@ class Batcher:
 
 # --------------------------------------------------------------------------- loop
 def diffusion_loss(model, x0: torch.Tensor, video_feats, audio_feats, generator: torch.Generator,
-                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Spec §5: one t per batch, x0 target, squared error summed over pixels, mean over batch."""
+                   alphas_cumprod: torch.Tensor, high_t_share: float = 0.0) -> torch.Tensor:
+    """Spec §5: one t per batch, x0 target, squared error summed over pixels, mean over batch.
+
+    ``high_t_share``: that share of batches draws t from the noisiest tenth instead of all
+    timesteps. A few-step sampler starts there (the bundled one-step default only ever runs
+    t = 999), where the map must come from the conditions alone; uniform t spends 90 % of the
+    steps where x_t already shows most of the answer."""
     b = x0.shape[0]
     x0 = x0 + GT_JITTER * torch.randn(x0.shape, generator=generator)
-    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (1,), generator=generator).expand(b)
+    lo = 0
+    if high_t_share > 0 and torch.rand((), generator=generator).item() < high_t_share:
+        lo = NUM_TRAIN_TIMESTEPS - NUM_TRAIN_TIMESTEPS // 10
+    t = torch.randint(lo, NUM_TRAIN_TIMESTEPS, (1,), generator=generator).expand(b)
     eps = torch.randn(x0.shape, generator=generator)
     x_t = add_noise(x0, eps, t, alphas_cumprod)
     pred = model.denoise(x_t, t, video_feats, audio_feats)
@@ -420,7 +431,7 @@ def train(model, train_videos: list[Video], val_videos: list[Video], opts: Train
             mode = pick_mode(py_rng, opts.mode_probs, has_audio)
             v = batcher.video(batch, True) if mode in ("av", "video") else None
             a = batcher.audio(batch, True) if mode in ("av", "audio") else None
-            loss = diffusion_loss(model, batcher.targets(batch), v, a, gen, ac)
+            loss = diffusion_loss(model, batcher.targets(batch), v, a, gen, ac, opts.high_t_share)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
@@ -510,6 +521,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=TrainOptions.batch_size)
     p.add_argument("--lr", type=number(float, 0, 1, lo_open=True), default=TrainOptions.lr)
     p.add_argument("--mode-probs", default="0.6,0.2,0.2", help="probabilities of av,video,audio batches")
+    p.add_argument("--high-t-share", type=number(float, 0, 1), default=TrainOptions.high_t_share, metavar="P",
+                   help="train this share of batches on the noisiest tenth of the timesteps, where a one- or "
+                        "few-step sampler starts (default 0: all timesteps alike)")
     p.add_argument("--target-stride", type=number(int, 1, 10_000), default=TrainOptions.target_stride,
                    help="one training window every N frames of each clip")
     p.add_argument("--max-steps-per-epoch", type=COUNT, default=None)
@@ -569,7 +583,7 @@ def run(args: argparse.Namespace) -> int:
                         mode_probs=probs, target_stride=args.target_stride, seed=args.seed, threads=args.threads,
                         max_steps_per_epoch=args.max_steps_per_epoch, val_windows=args.val_windows,
                         train_only=tuple(x for x in (args.train_only or "").split(",") if x),
-                        select_mode=args.select_mode)
+                        select_mode=args.select_mode, high_t_share=args.high_t_share)
     if opts.train_only:
         kept = freeze_all_but(model, opts.train_only)
         n_values = sum(p.numel() for p in trainable_parameters(model))
