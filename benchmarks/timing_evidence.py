@@ -16,8 +16,8 @@ sounding object has the most. Three ways to read the same evidence:
   frame, of that frame's evidence, weighted by the cosine similarity of the frozen
   backbone's features at temperature ``--tau``), i.e. a fixed, untrained way to bring an
   event to where its object is now;
-* ``tracked``: carried as the model itself does it (:meth:`TimingPathway.tracked`, an input
-  of lite v6): frame to frame, each step matching only the cells around a position in the
+* ``tracked``: carried as the pathway's optional tracked input does it
+  (:meth:`TimingPathway.tracked`, ``--arch timing_tracked=true``): frame to frame, each step matching only the cells around a position in the
   frame before (an object moves little in one frame step), on keys from the pathway's own
   features, so the evidence follows its object through the window at a fraction of the cost.
 

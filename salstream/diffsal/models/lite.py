@@ -47,6 +47,14 @@ network. What it changes, and why:
   event). The temporal covariances at a few lags, plus where things move at all (also
   in video-only mode), reach every stage and, through a small head, the output logits.
   ~1 ms per step on the 12×20 grid.
+* **Tracked evidence** (``timing_tracked``, off in the bundled network): an event seen half
+  a second ago sits where its object *was*; the map is wanted where it *is*. With it the
+  pathway also carries each frame's share of that evidence along to the newest frame,
+  frame to frame among the 3×3 cells around each position, by how alike the (detached)
+  features look there, and hands the result on as two more channels (where, scaled to its
+  window peak; how strong). Trained as stage 3 it raised audio-visual CC a little but cost
+  real-footage maps and 20 % per new frame at two threads
+  (``benchmarks/results/cross_style_tracked_probe/``), so it is not bundled.
 * **Sampler** (v2): trailing DDIM timesteps and 1 step by default (t = 999: the
   network's x0 estimate from pure noise, exactly what it was trained for at that t). On
   the synthetic validation split that scored higher CC than 2 leading steps (t = 500, 0,
@@ -129,7 +137,7 @@ def lite_config() -> ModelConfig:
             "sync_level": 1,                     # computed on this backbone level's grid (stride 16)
             "timing": True,                      # v4: loudness rise vs visual change (TimingPathway)
             "onset_rows": 11,                    # loudness-rise rows per slice: its hop in STFT frames
-            "timing_tracked": False,             # v6: timing evidence carried to the newest frame
+            "timing_tracked": False,             # probed, not bundled: evidence carried to the newest frame
             "timing_tau": 0.03,                  # ... by feature matches at this softmax temperature,
             "timing_track_radius": 1,            # ... among the 3×3 cells around, frame to frame,
             "timing_key_groups": 16,             # ... on keys of 16 channel-group means
@@ -373,10 +381,10 @@ class TimingPathway(nn.Module):
       slice ends up to one slice hop before the newest frame, so the sound can look late),
       and how much the loudness varies at all (a silent or steady soundtrack: no evidence).
 
-    With ``tracked`` (v6), two more channels carry that evidence to where its object is in
-    the newest frame: an event seen eight frames ago sits where the object *was*, while the
-    map is wanted where it *is*. Each frame's share of the covariances (:meth:`per_frame_evidence`)
-    is moved frame to frame, every position taking a softmax-weighted average over the cells
+    With ``tracked`` (probed, not bundled), two more channels carry that evidence to where
+    its object is in the newest frame: an event seen eight frames ago sits where the object
+    *was*, while the map is wanted where it *is*. Each frame's share of the covariances
+    (:meth:`per_frame_evidence`) is moved frame to frame, every position taking a softmax-weighted average over the cells
     around it in the frame before (3×3 in lite), weighted by how alike the (detached) features
     look (:meth:`tracked`). The channels are that evidence's positive part divided by its
     window maximum (where, on one scale for every clip) and the log of that maximum (how
@@ -451,16 +459,20 @@ class TimingPathway(nn.Module):
         spread = loud.std(dim=1, keepdim=True)
         return (loud - loud.mean(dim=1, keepdim=True)) / (spread + 0.05), spread
 
-    def per_frame_evidence(self, video: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def per_frame_evidence(self, video: torch.Tensor, a: torch.Tensor,
+                           changes: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """video (B, C, T, h, w), standardised loudness ``a`` (B, T-1) -> (B, T, h, w): the
         covariance channels' terms summed over change orders and lags, each filed under the
-        window frame its change ends at (summed over frames: the sum of those channels)."""
+        window frame its change ends at (summed over frames: the sum of those channels).
+        ``changes``: the standardised first and second changes, if already computed."""
         b, _, frames, h, w = video.shape
-        total = video.new_zeros(b, frames, h, w)
-        for order, share in ((1, self.share1), (2, self.share2)):
-            c = self.standardised(self.change(video, order))
+        if changes is None:
+            changes = [self.standardised(self.change(video, order)) for order in (1, 2)]
+        total = None
+        for order, share, c in ((1, self.share1, changes[0]), (2, self.share2, changes[1])):
             weight = a[:, -c.shape[1]:] @ share.t()                        # (B, n)
-            total = total + F.pad(c * weight[:, :, None, None], (0, 0, 0, 0, order, 0))
+            term = F.pad(c * weight[:, :, None, None], (0, 0, 0, 0, order, 0))
+            total = term if total is None else total + term
         return total
 
     def tracked(self, video: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
@@ -510,14 +522,14 @@ class TimingPathway(nn.Module):
             return torch.cat([torch.stack(out, dim=1), video.new_zeros(b, self.channels - 2, h, w)], dim=1)
         a, spread = self.loudness(rise)
         cov = []
+        changes = [self.standardised(c) for c in changes]
         for c in changes:
-            c = self.standardised(c)
             ac = a[:, -c.shape[1]:, None, None]
             cov += [_shifted_mean_product(c, ac, lag) for lag in self.LAGS]
         activity = torch.log1p(spread)[:, :, None, None].expand(b, 1, h, w)
         maps = [torch.stack(out + cov, dim=1), activity]
         if self.is_tracked:
-            evidence = F.relu(self.tracked(video, self.per_frame_evidence(video, a)))
+            evidence = F.relu(self.tracked(video, self.per_frame_evidence(video, a, changes)))
             peak = evidence.flatten(1).amax(dim=1)[:, None, None]
             maps += [(evidence / (peak + 1e-3))[:, None], torch.log1p(peak)[:, None].expand(b, 1, h, w)]
         return torch.cat(maps, dim=1)
