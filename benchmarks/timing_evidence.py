@@ -17,9 +17,10 @@ sounding object has the most. Three ways to read the same evidence:
   backbone's features at temperature ``--tau``), i.e. a fixed, untrained way to bring an
   event to where its object is now;
 * ``tracked``: carried as the pathway's optional tracked input does it
-  (:meth:`TimingPathway.tracked`, ``--arch timing_tracked=true``): frame to frame, each step matching only the cells around a position in the
-  frame before (an object moves little in one frame step), on keys from the pathway's own
-  features, so the evidence follows its object through the window at a fraction of the cost.
+  (:meth:`TimingPathway.tracked`, ``--arch timing_tracked=true``): frame to frame, each step
+  matching only the cells around a position in the frame before (an object moves little in
+  one frame step), on keys from the pathway's own features, so the evidence follows its
+  object through the window at a fraction of the cost.
 
 Chance is the mean of 1 / objects.
 

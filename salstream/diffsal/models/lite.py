@@ -384,9 +384,9 @@ class TimingPathway(nn.Module):
     With ``tracked`` (probed, not bundled), two more channels carry that evidence to where
     its object is in the newest frame: an event seen eight frames ago sits where the object
     *was*, while the map is wanted where it *is*. Each frame's share of the covariances
-    (:meth:`per_frame_evidence`) is moved frame to frame, every position taking a softmax-weighted average over the cells
-    around it in the frame before (3×3 in lite), weighted by how alike the (detached) features
-    look (:meth:`tracked`). The channels are that evidence's positive part divided by its
+    (:meth:`per_frame_evidence`) is moved frame to frame, every position taking a
+    softmax-weighted average over the cells around it in the frame before (3×3 in lite),
+    weighted by how alike the (detached) features look (:meth:`tracked`). The channels are that evidence's positive part divided by its
     window maximum (where, on one scale for every clip) and the log of that maximum (how
     strong: weak evidence, as with an off-screen sound, should not be trusted).
 
@@ -465,7 +465,6 @@ class TimingPathway(nn.Module):
         covariance channels' terms summed over change orders and lags, each filed under the
         window frame its change ends at (summed over frames: the sum of those channels).
         ``changes``: the standardised first and second changes, if already computed."""
-        b, _, frames, h, w = video.shape
         if changes is None:
             changes = [self.standardised(self.change(video, order)) for order in (1, 2)]
         total = None
