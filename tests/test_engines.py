@@ -241,6 +241,38 @@ def test_warm_up_starts_the_sessions_a_stream_will_use_before_its_first_frame(ti
         assert not engine._sessions
         pipe = Pipeline(PipelineOptions(mode=mode), engine, sources=[ArraySource(frames, audio=audio)])
         pipe._sources = pipe._open_sources()
-        pipe._warm_up(engine)
+        pipe._warm_up(engine, pipe._sources)
         graphs = {VIDEO_GRAPH, AUDIO_GRAPH} | {engine.manifest.modes[m] for m in modes}
         assert set(engine._sessions) == graphs, mode
+
+
+def test_a_stream_with_sound_added_to_a_running_pipeline_is_warmed_before_it_is_read(tiny_exports):
+    """A cluster replica starts with no streams and so warms video-only; a stream with sound
+    that arrives later gets its audio-visual session started by ``add_source`` itself, not
+    inside the scheduler's next batch (which every other stream on the replica waits for)."""
+    import threading
+
+    import numpy as np
+
+    from salstream.streamer.live.pipeline import Pipeline, PipelineOptions
+    from salstream.streamer.live.sources.arrays import ArraySource
+    model, d = tiny_exports[True]
+    engine = create_engine("ort-cpu", model=model, artifacts=d)
+    started = []
+    real_warmup = engine.warmup
+    engine.warmup = lambda modes: (started.append(list(modes)), real_warmup(modes))
+    pipe = Pipeline(PipelineOptions(mode="auto", publish=None), engine, sources=[], keep_open=True)
+    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner.start()
+    try:
+        assert pipe.ready.wait(60)
+        assert started == [["video"]] and engine.manifest.modes["av"] not in engine._sessions
+        frames = np.zeros((2, 48, 64, 3), np.uint8)
+        pipe.add_source(ArraySource(frames, stream_id="silent"))
+        assert started == [["video"]], "a second silent stream warms nothing again"
+        pipe.add_source(ArraySource(frames, audio=np.zeros(16000, np.float32), stream_id="sound"))
+        assert started == [["video"], ["av"]]
+        assert engine.manifest.modes["av"] in engine._sessions
+    finally:
+        pipe.stop()
+        runner.join(30)

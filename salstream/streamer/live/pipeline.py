@@ -163,6 +163,7 @@ class Pipeline:
         self._publisher_arg = publisher
         self.keep_open = bool(keep_open)
         self._readers: dict[str, threading.Thread] = {}
+        self._warm_modes: set[str] = set()   # mode graphs the engine has already run once
         self.consumers = list(consumers)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -200,17 +201,22 @@ class Pipeline:
             raise
         return out
 
-    def _warm_up(self, engine) -> None:
-        """Let an engine that can (ONNX Runtime) start its sessions before the first frame is read."""
+    def _warm_up(self, engine, sources) -> None:
+        """Let an engine that can (ONNX Runtime) start the sessions ``sources`` will use now, not
+        inside their first windows; modes already warm are not run again."""
         warmup = getattr(engine, "warmup", None)
         if not callable(warmup):
             return
         if self.opts.mode != "auto":
-            modes = [self.opts.mode]
+            wanted = [self.opts.mode]
         else:   # a stream with audio still maps video-only until its first slice is in
-            modes = ["av", "video"] if any(s.has_audio for s in self._sources) else ["video"]
+            wanted = ["av", "video"] if any(s.has_audio for s in sources) else ["video"]
+        modes = [m for m in wanted if m not in self._warm_modes]
+        if not modes:
+            return
         t0 = time.monotonic()
         warmup(modes)
+        self._warm_modes.update(modes)
         log.info("engine warmed up (%s) in %.1f s", ", ".join(modes), time.monotonic() - t0)
 
     def _build_engine(self) -> Any:
@@ -234,6 +240,9 @@ class Pipeline:
         if not self.ready.is_set() or self._stop.is_set():
             raise SalstreamError(f"stream {source.stream_id}: this pipeline is not running")
         self._check_source(source)
+        # A replica that so far mapped only silent streams has not started its audio-visual
+        # session: start it here, in the caller's thread, not inside the scheduler's next batch.
+        self._warm_up(self.engine, [source])
         with self._lock:
             reader = self._readers.get(source.stream_id)
             if reader is not None and reader.is_alive():
@@ -316,7 +325,7 @@ class Pipeline:
             for s in self._sources:
                 self._check_source(s)
             self.engine = engine = self._build_engine()
-            self._warm_up(engine)
+            self._warm_up(engine, self._sources)
             self.scheduler = Scheduler(engine, steps=o.steps, max_batch=o.max_batch,
                                        batch_deadline=o.batch_deadline_ms / 1000.0, on_result=self._on_result,
                                        seed=o.seed, max_new_frames=o.max_new_frames or None,
