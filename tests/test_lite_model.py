@@ -531,3 +531,23 @@ def test_timing_starts_as_a_no_op_and_reaches_audio_visual_and_video_maps(small)
         assert torch.equal(model.denoise(x, t, None, a), off["audio"])
     with pytest.raises(SalstreamError, match="139"):
         model.denoise(x, t, v, a[:, :128])
+
+
+def test_a_deeper_timing_read_out_reaches_further_and_v5_checkpoints_keep_theirs(small):
+    """``timing_head_layers``: each 3×3 layer widens how far a cell's timing evidence can move
+    the logits (an object moves while its events are timed); one layer, the default, is the
+    read-out every earlier checkpoint has."""
+    assert small.config.arch["timing_head_layers"] == 1
+    assert [type(m).__name__ for m in small.timing_head] == ["Conv2d", "ReLU", "Conv2d"]
+    for layers in (1, 2):
+        model = create_model("lite", arch={**small.config.arch, "timing_head_layers": layers}, **SMALL)
+        with torch.no_grad():
+            for p in model.timing_head.parameters():
+                p.copy_(torch.rand(p.shape, generator=gen()))       # positive: nothing cancels
+            impulse = torch.zeros(1, model.timing.channels, 9, 9)
+            impulse[0, :, 4, 4] = 1.0
+            moved = (model.timing_head(impulse) - model.timing_head(torch.zeros_like(impulse)))[0, 0].abs() > 0
+        reach = max(abs(i - 4) for i, j in moved.nonzero().tolist())
+        assert reach == layers, layers
+    with pytest.raises(ValueError, match="timing_head_layers"):
+        create_model("lite", arch={**small.config.arch, "timing_head_layers": 0}, **SMALL)

@@ -141,6 +141,7 @@ def lite_config() -> ModelConfig:
             "timing_tau": 0.03,                  # ... by feature matches at this softmax temperature,
             "timing_track_radius": 1,            # ... among the 3×3 cells around, frame to frame,
             "timing_key_groups": 16,             # ... on keys of 16 channel-group means
+            "timing_head_layers": 1,             # 3×3 layers of the read-out onto the logits (its reach)
             "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
             "noise_channels": 16,
             "readout_channels": 64,
@@ -661,8 +662,13 @@ class LiteDiffSal(SaliencyModel):
                                         track_radius=int(a.get("timing_track_radius", 1)),
                                         key_groups=int(a.get("timing_key_groups", 16)))
             self.timing_proj = nn.ModuleList(nn.Conv2d(self.timing.channels, c, 1) for c in channels)
-            self.timing_head = nn.Sequential(nn.Conv2d(self.timing.channels, 16, 3, padding=1), nn.ReLU(),
-                                             nn.Conv2d(16, 1, 1))
+            layers = int(a.get("timing_head_layers", 1))
+            if layers < 1:
+                raise ValueError(f"lite: timing_head_layers must be ≥ 1, got {layers}")
+            head: list[nn.Module] = []
+            for i in range(layers):
+                head += [nn.Conv2d(self.timing.channels if i == 0 else 16, 16, 3, padding=1), nn.ReLU()]
+            self.timing_head = nn.Sequential(*head, nn.Conv2d(16, 1, 1))
             for conv in [*self.timing_proj, self.timing_head[-1]]:
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
