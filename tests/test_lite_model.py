@@ -551,3 +551,27 @@ def test_a_deeper_timing_read_out_reaches_further_and_v5_checkpoints_keep_theirs
         assert reach == layers, layers
     with pytest.raises(ValueError, match="timing_head_layers"):
         create_model("lite", arch={**small.config.arch, "timing_head_layers": 0}, **SMALL)
+
+
+def test_the_timing_gate_starts_open_and_can_silence_the_read_out(small):
+    """``timing_head_gate``: a scale on the read-out from each timing channel's maximum and mean
+    over the picture. At zero it changes nothing (2·sigmoid(0) = 1); pushed down, the read-out
+    stops moving the map, however strong the local evidence."""
+    video, audio = window(small.config)
+    x = torch.randn(1, 1, *small.config.map_size, generator=gen())
+    t = torch.tensor([999])
+    gated = create_model("lite", arch={**small.config.arch, "timing_head_gate": True}, **SMALL)
+    assert small.timing_gate is None and gated.timing_gate is not None
+    gated.load_state_dict(small.state_dict(), strict=False)
+    plain = create_model("lite", **SMALL)
+    plain.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        for model in (gated, plain):
+            for p, q in zip(model.timing_head.parameters(), small.timing_head.parameters()):
+                p.copy_(q + 0.5 * torch.randn(q.shape, generator=gen()))
+        v, a = encode_window(plain, video, audio)
+        assert torch.allclose(gated.denoise(x, t, v, a), plain.denoise(x, t, v, a), atol=1e-6)
+        gated.timing_gate.bias.fill_(-30.0)
+        for p in plain.timing_head.parameters():
+            p.zero_()
+        assert torch.allclose(gated.denoise(x, t, v, a), plain.denoise(x, t, v, a), atol=1e-5)

@@ -142,6 +142,7 @@ def lite_config() -> ModelConfig:
             "timing_track_radius": 1,            # ... among the 3×3 cells around, frame to frame,
             "timing_key_groups": 16,             # ... on keys of 16 channel-group means
             "timing_head_layers": 1,             # 3×3 layers of the read-out onto the logits (its reach)
+            "timing_head_gate": False,           # scale that read-out by how strong the evidence is overall
             "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
             "noise_channels": 16,
             "readout_channels": 64,
@@ -652,7 +653,7 @@ class LiteDiffSal(SaliencyModel):
         # Timing pathway (v4): fixed "changes here when the sound rises" measurements on the
         # sync grid, added to every stage's video slots and, through a small head, straight
         # to the output logits. Both start at zero, so a model initialised from v3 starts as v3.
-        self.timing = None
+        self.timing, self.timing_gate = None, None
         if self.onset_rows:
             self.timing = TimingPathway(config.frames, config.audio.n_slices, self.onset_rows,
                                         row_seconds=STFT_HOP / SAMPLE_RATE,
@@ -669,6 +670,13 @@ class LiteDiffSal(SaliencyModel):
             for i in range(layers):
                 head += [nn.Conv2d(self.timing.channels if i == 0 else 16, 16, 3, padding=1), nn.ReLU()]
             self.timing_head = nn.Sequential(*head, nn.Conv2d(16, 1, 1))
+            # The read-out is local: from one cell it cannot tell a clear peak elsewhere (the
+            # sound's source) from evidence that is weak everywhere (an off-screen sound). The
+            # gate sees every channel's maximum and mean over the picture; 2·sigmoid starts at 1.
+            if a.get("timing_head_gate", False):
+                self.timing_gate = nn.Linear(2 * self.timing.channels, 1)
+                nn.init.zeros_(self.timing_gate.weight)
+                nn.init.zeros_(self.timing_gate.bias)
             for conv in [*self.timing_proj, self.timing_head[-1]]:
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
@@ -862,8 +870,12 @@ class LiteDiffSal(SaliencyModel):
         h = F.silu(h + self.noise_skip(f_in))
         logits = self.logits(h)
         if timing is not None:
-            logits = logits + F.interpolate(self.timing_head(timing), size=tuple(self.config.map_size),
-                                            mode="bilinear", align_corners=False)
+            head = self.timing_head(timing)
+            if self.timing_gate is not None:
+                overall = torch.cat([timing.amax(dim=(2, 3)), timing.mean(dim=(2, 3))], dim=1)
+                head = head * (2.0 * torch.sigmoid(self.timing_gate(overall)))[:, :, None, None]
+            logits = logits + F.interpolate(head, size=tuple(self.config.map_size), mode="bilinear",
+                                            align_corners=False)
         if where is not None:
             # Also straight onto the output logits: a diffuse "where" map (the best guess when
             # only audio is known) learns far faster here than through the whole decoder.
