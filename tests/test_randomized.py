@@ -314,11 +314,19 @@ def test_training_data_is_in_style_only_with_some_offscreen_clips():
 
     from salstream.diffsal.datasets.randomized import OFFSCREEN_EVERY, training_clip
     from salstream.diffsal.train import load_training_data
-    args = argparse.Namespace(data="cross-style", train_clips=10, val_clips=2, clip_frames=30, no_progress=True)
+    args = argparse.Namespace(data="cross-style", train_clips=10, val_clips=10, clip_frames=30, no_progress=True,
+                              off_screen_every=OFFSCREEN_EVERY)
     train, val = load_training_data(args)
-    assert len(train) == 10 and len(val) == 2
+    assert len(train) == 10 and len(val) == 10
     assert all(v.clip.style == "in" and v.n_frames == 30 for v in train + val)
     assert sum(v.clip.offscreen for v in train) == 10 // OFFSCREEN_EVERY
+    # --off-screen-every: more of the training clips off screen; validation stays comparable
+    more, same_val = load_training_data(argparse.Namespace(**{**vars(args), "off_screen_every": 2}))
+    assert [v.clip.offscreen for v in more] == [k % 2 == 1 for k in range(10)]
+    assert [v.clip.seed for v in more] == [v.clip.seed for v in train]
+    assert [v.clip.offscreen for v in same_val] == [v.clip.offscreen for v in val]
+    args.val_clips = 2
+    train, val = load_training_data(args)
     seeds = {v.clip.seed for v in train} | {v.clip.seed for v in val}
     eval_seeds = {cross_style_clip(s, k).seed for s in CROSS_STYLE_SEEDS for k in range(10)}
     assert len(seeds) == 12 and not seeds & eval_seeds

@@ -107,13 +107,16 @@ def cross_style_clip(split: str, index: int, **kwargs) -> "RandomizedClip":
     return RandomizedClip(first + index, style=style, offscreen=offscreen, **kwargs)
 
 
-def training_clip(split: str, index: int, **kwargs) -> "RandomizedClip":
-    """Clip ``index`` of training split ``split`` (``train``/``val``): in-style families only."""
+def training_clip(split: str, index: int, offscreen_every: int = OFFSCREEN_EVERY, **kwargs) -> "RandomizedClip":
+    """Clip ``index`` of training split ``split`` (``train``/``val``): in-style families only;
+    every ``offscreen_every``-th has its sound off screen."""
     if split not in TRAIN_SEEDS:
         raise ValueError(f"unknown training split {split!r}; choose one of {', '.join(TRAIN_SEEDS)}")
     if not 0 <= index < SPLIT_SPAN:
         raise ValueError(f"clip index must be in 0…{SPLIT_SPAN - 1}, got {index}")
-    offscreen = index % OFFSCREEN_EVERY == OFFSCREEN_EVERY - 1
+    if offscreen_every < 1:
+        raise ValueError(f"offscreen_every must be ≥ 1, got {offscreen_every}")
+    offscreen = index % offscreen_every == offscreen_every - 1
     return RandomizedClip(TRAIN_SEEDS[split] + index, style="in", offscreen=offscreen, **kwargs)
 
 
