@@ -529,9 +529,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-steps-per-epoch", type=COUNT, default=None)
     p.add_argument("--train-clips", type=number(int, 1, 100_000), default=120, help="synthetic, cross-style: training clips")
     p.add_argument("--val-clips", type=number(int, 0, 100_000), default=8, help="synthetic, cross-style: validation clips")
-    p.add_argument("--off-screen-every", type=number(int, 1, 100_000), default=5, metavar="N",
-                   help="cross-style: every N-th training clip has its sound off screen (default 5; "
-                        "validation clips keep 5)")
+    p.add_argument("--off-screen-every", type=number(int, 1, 100_000), default=None, metavar="N",
+                   help="cross-style: every N-th training clip has its sound off screen (default: the "
+                        "generator's, every 5th; validation clips always keep it)")
     p.add_argument("--clip-frames", type=number(int, 1, 100_000), default=150, help="synthetic, cross-style: frames per clip")
     p.add_argument("--val-windows", type=number(int, 0, 1_000_000), default=TrainOptions.val_windows,
                    help="validation windows scored after each epoch (0: none)")
@@ -551,7 +551,7 @@ def load_training_data(args) -> tuple[list[Video], list[Video]]:
     if args.data == "cross-style":   # domain-randomised, in-style families, rendered in memory
         from salstream.diffsal.datasets.layout import ClipVideo
         from salstream.diffsal.datasets.randomized import OFFSCREEN_EVERY, training_clip
-        every = {"train": args.off_screen_every, "val": OFFSCREEN_EVERY}   # validation stays comparable
+        every = {"train": args.off_screen_every or OFFSCREEN_EVERY, "val": OFFSCREEN_EVERY}   # val stays comparable
         return tuple([ClipVideo(training_clip(split, k, offscreen_every=every[split], n_frames=args.clip_frames),
                                 "cross-style", f"{split}_{k:04d}")
                       for k in range(n)] for split, n in (("train", args.train_clips), ("val", args.val_clips)))

@@ -388,9 +388,10 @@ class TimingPathway(nn.Module):
     *was*, while the map is wanted where it *is*. Each frame's share of the covariances
     (:meth:`per_frame_evidence`) is moved frame to frame, every position taking a
     softmax-weighted average over the cells around it in the frame before (3×3 in lite),
-    weighted by how alike the (detached) features look (:meth:`tracked`). The channels are that evidence's positive part divided by its
-    window maximum (where, on one scale for every clip) and the log of that maximum (how
-    strong: weak evidence, as with an off-screen sound, should not be trusted).
+    weighted by how alike the (detached) features look (:meth:`tracked`). The channels are
+    that evidence's positive part divided by its window maximum (where, on one scale for
+    every clip) and the log of that maximum (how strong: weak evidence, as with an
+    off-screen sound, should not be trusted).
 
     Without audio the covariances are zero and only the two motion-energy channels (where
     things change at all) remain. Output (B, :attr:`channels`, h, w).
