@@ -504,6 +504,29 @@ def test_tracked_timing_evidence_follows_its_object_to_where_it_is_now():
         TimingPathway(16, 9, 11, 0.01, 1 / 15, tracked=True, key_groups=12).tracked(video, per_frame)
 
 
+def test_strided_tracking_steps_over_frames_and_still_arrives():
+    """With track_stride 2 the evidence moves two frames per step (half the matches): an object
+    drifting one cell every two frames still brings its events' evidence, from a frame that is
+    stepped on and from one that is not, to its newest cell, as frame-by-frame tracking does."""
+    tp = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=1 / 15,
+                       tracked=True, track_stride=2)
+    g = torch.Generator().manual_seed(6)
+    video = torch.randn(1, 32, 1, 6, 20, generator=g).expand(1, 32, 16, 6, 20).clone()
+    look = 3.0 * torch.randn(32, generator=g)
+    for f in range(16):
+        video[0, :, f, 2, 2 + f // 2] = look
+    per_frame = torch.zeros(1, 16, 6, 20)
+    per_frame[0, 4, 2, 4] = per_frame[0, 9, 2, 6] = 1.0     # frame 9 is stepped on, frame 4 is not
+    carried = tp.tracked(video, per_frame)[0]
+    assert carried[2, 9] == carried.max() and carried[2, 9] > 1.8
+    # For an object this slow it is the frame-by-frame result, at half the matches.
+    every_frame = TimingPathway(frames=16, slices=9, rows_per_slice=11, row_seconds=0.01, frame_seconds=1 / 15,
+                                tracked=True).tracked(video, per_frame)[0]
+    assert torch.allclose(carried, every_frame, atol=0.05)
+    with pytest.raises(ValueError, match="track_stride"):
+        TimingPathway(16, 9, 11, 0.01, 1 / 15, tracked=True, track_stride=16)
+
+
 def test_timing_starts_as_a_no_op_and_reaches_audio_visual_and_video_maps(small):
     """Initialised at zero (a v3 checkpoint plus the pathway predicts as v3 did); once
     trained it changes audio-visual maps, video-only maps through motion energy, and never

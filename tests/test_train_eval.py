@@ -327,6 +327,44 @@ def test_staged_training_moves_only_the_named_parts(tmp_path, tiny_data):
         assert (diff < 1e-6) if same else (diff > 1e-4), (mv is None, ma is None, diff)
 
 
+def test_staged_training_widens_layers_that_gained_inputs(tmp_path, tiny_data):
+    """A checkpoint without the tracked timing channels initialises a network with them: the
+    layers that read the pathway keep their weights on the old channels, the new ones start
+    at zero, so the maps are the checkpoint's until training moves them."""
+    import dataclasses
+
+    from salstream.diffsal.inference import predict_from_features
+    from salstream.diffsal.train import Batcher, freeze_all_but, load_initial_weights, training_targets
+    torch.manual_seed(3)
+    src = create_model(tiny_config())
+    with torch.no_grad():   # a trained read-out: zero-initialised weights would prove nothing
+        for name, prm in src.named_parameters():
+            if name.startswith(("timing_proj", "timing_head")):
+                prm.normal_(0.0, 0.2)
+    path = save_checkpoint(src, tmp_path / "untracked.safetensors")
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, arch={**cfg.arch, "timing_tracked": True, "timing_track_stride": 2})
+    model = create_model(cfg)
+    freeze_all_but(model, ["timing_head"])
+    logged = []
+    load_initial_weights(model, path, log=logged.append)
+    assert "gained zero-weighted inputs" in logged[0] and "timing_head.0.weight" in logged[0]
+    old = src.timing.channels
+    assert model.timing.channels == old + 2
+    for name in ("timing_proj.0.weight", "timing_head.0.weight"):
+        w = model.state_dict()[name]
+        assert torch.equal(w[:, :old], src.state_dict()[name]) and w[:, old:].abs().max() == 0
+    vids = _videos(tiny_data, "val")
+    samples = training_targets(model.config, vids, 1)[:2]
+    b = Batcher(model, vids, samples, progress=False)
+    v, a = b.video(samples, False), b.audio(samples, False)
+    model.eval()
+    with torch.no_grad():
+        p1 = predict_from_features(src, v, a, 2, 1, generator=torch.Generator().manual_seed(0))
+        p2 = predict_from_features(model, v, a, 2, 1, generator=torch.Generator().manual_seed(0))
+    assert float((p1 - p2).abs().max()) < 1e-5
+
+
 def test_staged_training_refuses_frozen_parts_missing_from_the_checkpoint(tmp_path):
     from salstream.diffsal.train import freeze_all_but, load_initial_weights
     from salstream.errors import SalstreamError

@@ -328,12 +328,21 @@ def load_initial_weights(model, path: Path, log=print) -> None:
     """Copy every tensor of checkpoint ``path`` whose name and shape match into ``model``.
 
     For staged training (``--init``): the parts the checkpoint lacks must all be trainable,
-    so nothing frozen is left at its random initial value.
+    so nothing frozen is left at its random initial value. A weight that only gained input
+    channels (axis 1; an input added *last*, as the timing pathway's tracked channels are) is
+    copied into the first ones and the new ones start at zero: the layer computes what it
+    did until training gives the new inputs a weight.
     """
     from salstream.diffsal.checkpoint import load_state
     _, state = load_state(path)
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    widened = [k for k, v in state.items() if k in own and k not in taken and v.dim() >= 2
+               and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:] and own[k].shape[1] > v.shape[1]]
+    for k in widened:
+        w = torch.zeros_like(own[k])
+        w[:, :state[k].shape[1]] = state[k]
+        taken[k] = w
     model.load_state_dict(taken, strict=False)
     params = dict(model.named_parameters())
     untouched = [k for k in own if k not in taken]
@@ -344,6 +353,7 @@ def load_initial_weights(model, path: Path, log=print) -> None:
                              "from a checkpoint of the same profile")
     ignored = [k for k in state if k not in taken]
     log(f"[train] initialised {len(taken)} tensors from {path}; {len(untouched)} start fresh"
+        + (f"; {len(widened)} gained zero-weighted inputs ({', '.join(widened[:4])})" if widened else "")
         + (f" ({', '.join(untouched[:4])}{', …' if len(untouched) > 4 else ''})" if untouched else "")
         + (f"; ignored {len(ignored)} checkpoint tensors ({', '.join(ignored[:4])})" if ignored else ""))
 

@@ -140,7 +140,8 @@ def lite_config() -> ModelConfig:
             "timing_tracked": False,             # probed, not bundled: evidence carried to the newest frame
             "timing_tau": 0.03,                  # ... by feature matches at this softmax temperature,
             "timing_track_radius": 1,            # ... among the 3×3 cells around, frame to frame,
-            "timing_key_groups": 16,             # ... on keys of 16 channel-group means
+            "timing_key_groups": 16,             # ... on keys of 16 channel-group means,
+            "timing_track_stride": 1,            # ... stepping this many frames at a time
             "timing_head_layers": 1,             # 3×3 layers of the read-out onto the logits (its reach)
             "timing_head_gate": False,           # scale that read-out by how strong the evidence is overall
             "audio_prior": "gated",              # audio-only: audio says where (see SoundSourceMap)
@@ -400,7 +401,8 @@ class TimingPathway(nn.Module):
     LAGS = (-1, 0, 1, 2)
 
     def __init__(self, frames: int, slices: int, rows_per_slice: int, row_seconds: float, frame_seconds: float,
-                 tracked: bool = False, tau: float = 0.03, track_radius: int = 1, key_groups: int = 16):
+                 tracked: bool = False, tau: float = 0.03, track_radius: int = 1, key_groups: int = 16,
+                 track_stride: int = 1):
         super().__init__()
         if frames < 3:
             raise ValueError(f"the timing pathway needs windows of at least 3 frames (second differences), got {frames}")
@@ -422,7 +424,9 @@ class TimingPathway(nn.Module):
             self.register_buffer(f"share{order}", torch.from_numpy(share), persistent=False)
         if track_radius < 1 or key_groups < 0:
             raise ValueError(f"timing: track_radius must be ≥ 1 and key_groups ≥ 0, got {track_radius}, {key_groups}")
-        self.track_radius, self.key_groups = int(track_radius), int(key_groups)
+        if track_stride < 1 or track_stride >= frames:
+            raise ValueError(f"timing: track_stride must be in 1 … {frames - 1}, got {track_stride}")
+        self.track_radius, self.key_groups, self.track_stride = int(track_radius), int(key_groups), int(track_stride)
         side = 2 * self.track_radius + 1
         self.register_buffer("neighbours", torch.eye(side * side).reshape(side * side, 1, side, side),
                              persistent=False)
@@ -483,10 +487,20 @@ class TimingPathway(nn.Module):
         the cosine similarity of keys from ``video``'s features (B, C, T, h, w) at
         temperature :attr:`tau`; a key is the mean of each of :attr:`key_groups` groups of
         adjacent channels (a match on all channels costs several times more, see
-        ``benchmarks/lite_cost.py``)."""
-        r, (h, w) = self.track_radius, video.shape[-2:]
+        ``benchmarks/lite_cost.py``).
+
+        With :attr:`track_stride` s > 1 the steps go s frames at a time, ending at the newest
+        frame, and each step's evidence is the sum over the s frames it spans: 1/s of the
+        matches and steps, for objects that move less than r cells in s frames."""
+        r, (h, w), s = self.track_radius, video.shape[-2:], self.track_stride
         b, c, t = video.shape[:3]
         k = video.detach()
+        if s > 1:
+            start = (t - 1) % s                              # the oldest frame stepped on
+            k = k[:, :, start::s]
+            per_frame = F.pad(per_frame, (0, 0, 0, 0, s - 1 - start, 0))
+            per_frame = per_frame.reshape(b, -1, s, h, w).sum(dim=2)
+            t = k.shape[2]
         if self.key_groups and c % self.key_groups:
             raise SalstreamError(f"timing: {c} feature channels do not split into {self.key_groups} key groups")
         if self.key_groups and self.key_groups < c:
@@ -662,7 +676,8 @@ class LiteDiffSal(SaliencyModel):
                                         tracked=bool(a.get("timing_tracked", False)),
                                         tau=float(a.get("timing_tau", 0.03)),
                                         track_radius=int(a.get("timing_track_radius", 1)),
-                                        key_groups=int(a.get("timing_key_groups", 16)))
+                                        key_groups=int(a.get("timing_key_groups", 16)),
+                                        track_stride=int(a.get("timing_track_stride", 1)))
             self.timing_proj = nn.ModuleList(nn.Conv2d(self.timing.channels, c, 1) for c in channels)
             layers = int(a.get("timing_head_layers", 1))
             if layers < 1:
